@@ -1,0 +1,181 @@
+"""Reading and writing shard files (schema v1) and their ``manifest.json``.
+
+Writers go through ``write_shard`` (temporary name, then rename) and ``write_manifest``; readers
+memory-map with ``open_memmaps`` so that a batch is a slice of the page cache, not an h5py call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from jjepa.common.atomic import atomic_path, sha256_file, write_json_atomic
+from jjepa.common.errors import ShardError
+from jjepa.common.schema import (
+    DATASET_NAMES,
+    DATASETS,
+    SCHEMA_VERSION,
+    ClusterConfig,
+    ShardArrays,
+    ShardAttrs,
+    cluster_config_from_attrs,
+    config_dict,
+)
+
+MANIFEST_NAME = "manifest.json"
+
+
+def shard_name(index: int) -> str:
+    """File name of shard number ``index``: ``shard-00000.h5``."""
+    return f"shard-{index:05d}.h5"
+
+
+def write_shard(path: str | os.PathLike, arrays: ShardArrays, attrs: ShardAttrs) -> None:
+    """Write one shard atomically: contiguous datasets into a temporary file, then rename.
+
+    The rename makes a killed process leave either the whole shard or nothing; the sha256 that
+    the manifest records catches the rarer torn file after a power loss (``--resume`` redoes it).
+
+    Args:
+        path: final file name, e.g. ``out/shard-00003.h5``.
+        arrays: the shard's arrays, shaped (J, S, N, 4) etc. as in ``jjepa.common.schema.DATASETS``.
+        attrs: clustering config, class names and source record.
+    """
+    cluster = attrs.cluster
+    n_jets = arrays.n_jets
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            for spec in DATASETS:
+                data = np.ascontiguousarray(getattr(arrays, spec.name), dtype=spec.dtype)
+                expected = spec.shape(n_jets, cluster.n_subjets, cluster.n_particles)
+                if data.shape != expected:
+                    raise ValueError(f"{spec.name}: shape {data.shape}, schema expects {expected}")
+                # track_times=False keeps the bytes reproducible for identical inputs.
+                f.create_dataset(spec.name, data=data, track_times=False)
+            for key, value in attrs.to_hdf5().items():
+                f.attrs[key] = value
+
+
+def read_shard(path: str | os.PathLike) -> ShardArrays:
+    """Read a whole shard into memory (for tests and small files; training uses ``open_memmaps``)."""
+    with h5py.File(path, "r") as f:
+        return ShardArrays(**{name: f[name][...] for name in DATASET_NAMES})
+
+
+def open_memmaps(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Memory-map every dataset of a shard, read-only.
+
+    Returns a dict name → array of the schema's dtype and shape. Zero-length datasets come back
+    as empty in-memory arrays (HDF5 allocates no storage for them).
+    """
+    maps = {}
+    with h5py.File(path, "r") as f:
+        for spec in DATASETS:
+            ds = f[spec.name]
+            offset = ds.id.get_offset()
+            if ds.size == 0:
+                maps[spec.name] = np.zeros(ds.shape, spec.dtype)
+            elif offset is None or ds.chunks is not None or ds.compression is not None:
+                raise ShardError(f"{path}: dataset {spec.name!r} is not contiguous and cannot be memory-mapped")
+            else:
+                maps[spec.name] = np.memmap(path, mode="r", dtype=spec.dtype, offset=offset, shape=ds.shape)
+    return maps
+
+
+@dataclass
+class ShardRecord:
+    """One complete shard as listed in the manifest."""
+
+    file: str
+    n_jets: int
+    class_counts: list[int]
+    sha256: str
+    source: dict
+    n_skipped: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "file": self.file,
+            "n_jets": self.n_jets,
+            "class_counts": self.class_counts,
+            "sha256": self.sha256,
+            "source": self.source,
+            "n_skipped": self.n_skipped,
+        }
+
+
+@dataclass
+class Manifest:
+    """The ``manifest.json`` of a shard folder: config, classes, and the complete shards."""
+
+    cluster: ClusterConfig
+    classes: tuple[str, ...]
+    shards: list[ShardRecord] = field(default_factory=list)
+    plan: dict = field(default_factory=dict)
+
+    @property
+    def n_jets(self) -> int:
+        return sum(s.n_jets for s in self.shards)
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "cluster": config_dict(self.cluster),
+            "classes": list(self.classes),
+            "n_jets": self.n_jets,
+            "plan": self.plan,
+            "shards": [s.to_json() for s in sorted(self.shards, key=lambda s: s.file)],
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Manifest:
+        if obj.get("schema_version") != SCHEMA_VERSION:
+            raise ShardError(f"manifest schema_version {obj.get('schema_version')}, expected {SCHEMA_VERSION}")
+        return cls(
+            cluster=ClusterConfig(**obj["cluster"]),
+            classes=tuple(obj["classes"]),
+            shards=[ShardRecord(**s) for s in obj["shards"]],
+            plan=obj.get("plan", {}),
+        )
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """Write ``folder/manifest.json`` atomically."""
+    write_json_atomic(Path(folder) / MANIFEST_NAME, manifest.to_json())
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """Read ``folder/manifest.json``; a clear error if the folder holds no shards."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists():
+        raise ShardError(f"{folder}: no {MANIFEST_NAME} (is this the output folder of `jjepa-preprocess cluster`?)")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ShardError(f"{path}: not valid JSON ({err})") from None
+    return Manifest.from_json(obj)
+
+
+def record_for(path: str | os.PathLike, arrays: ShardArrays, classes, source: dict, n_skipped: int = 0) -> ShardRecord:
+    """The manifest record of a shard just written at ``path`` from ``arrays``."""
+    labels = arrays.labels
+    counts = np.bincount(labels[labels >= 0], minlength=len(classes)).tolist() if len(classes) else []
+    return ShardRecord(
+        file=Path(path).name,
+        n_jets=arrays.n_jets,
+        class_counts=counts,
+        sha256=sha256_file(path),
+        source=source,
+        n_skipped=n_skipped,
+    )
+
+
+def shard_cluster_config(path: str | os.PathLike) -> ClusterConfig:
+    """The clustering configuration stored in a shard's attributes."""
+    with h5py.File(path, "r") as f:
+        return cluster_config_from_attrs(f.attrs)
