@@ -6,7 +6,6 @@ import functools
 import logging
 
 import click
-
 from jjepa.common.errors import JJepaError
 
 

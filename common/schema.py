@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 import h5py
 import numpy as np
 
-from jjepa.common.errors import ShardError
-
 SCHEMA_VERSION = 1
 
 #: Per-constituent and per-subjet features, in this order along the last axis.

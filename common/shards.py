@@ -13,7 +13,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from jjepa.common.atomic import atomic_path, sha256_file, write_json_atomic
 from jjepa.common.errors import ShardError
 from jjepa.common.schema import (

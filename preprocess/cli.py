@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 import yaml
-
 from jjepa.common.cli_utils import reports_errors, setup_logging
 from jjepa.common.errors import JJepaError
 from jjepa.common.schema import ALGORITHMS, ClusterConfig
@@ -15,6 +14,7 @@ from jjepa.preprocess.readers import FORMATS
 from jjepa.preprocess.readers.base import GenericOptions
 from jjepa.preprocess.task import BACKENDS
 from jjepa.preprocess.validate import ON_BAD_JET
+
 
 def _default_workers(workers: int | None) -> int:
     return (os.cpu_count() or 1) if workers is None else workers

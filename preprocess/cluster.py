@@ -61,8 +61,7 @@ def _momentum_scale(px, py, power):
 def _dist(rap, phi, a, b):
     dphi = abs(phi[a] - phi[b])
     deta = rap[a] - rap[b]
-    if dphi > math.pi:
-        dphi = _TWOPI - dphi
+    dphi = _TWOPI - dphi if dphi > math.pi else dphi  # a select, not a branch
     return dphi * dphi + deta * deta
 
 
@@ -132,13 +131,15 @@ def _cluster_one(px, py, pz, e, power, r2, assign, work_f, work_i):
 
     n_sub = 0
     tail = n
+    # The first smallest d_iJ in slot order; later steps find it while updating the table.
+    best = dij[0]
+    next_a = 0
+    for i in range(1, tail):
+        if dij[i] < best:
+            best = dij[i]
+            next_a = i
     while tail > 0:
-        best = dij[0]
-        ia = 0
-        for i in range(1, tail):
-            if dij[i] < best:
-                best = dij[i]
-                ia = i
+        ia = next_a
         ib = nn[ia]
         if ib < 0 and power == 0:
             # CA: d_iB = R² for all, so once the smallest d_iJ has no neighbour, no pair is
@@ -187,6 +188,8 @@ def _cluster_one(px, py, pz, e, power, r2, assign, work_f, work_i):
         head[ia] = head[tail]
         last[ia] = last[tail]
 
+        best = np.inf
+        next_a = -1
         for i in range(tail):
             # FastJet also rescans jets without a neighbour after a beam merge (NULL == NULL);
             # removing a jet cannot give them one, so skipping that is exact and avoids O(n³).
@@ -213,8 +216,14 @@ def _cluster_one(px, py, pz, e, power, r2, assign, work_f, work_i):
                     nn[ib] = i
             if nn[i] == tail:
                 nn[i] = ia
+            if i != ib and dij[i] < best:
+                best = dij[i]
+                next_a = i
         if ib >= 0:
             dij[ib] = _dij(ib, nn, nn_dist, scale)
+            if dij[ib] < best or (dij[ib] == best and ib < next_a):
+                best = dij[ib]
+                next_a = ib
     return n_sub
 
 

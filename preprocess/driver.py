@@ -15,15 +15,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from jjepa.common.atomic import sha256_file
 from jjepa.common.errors import InputError, JJepaError
 from jjepa.common.schema import ClusterConfig, validate_shard
-from jjepa.common.shards import MANIFEST_NAME, Manifest, ShardRecord, read_manifest, shard_name, write_manifest
+from jjepa.common.shards import (
+    MANIFEST_NAME,
+    Manifest,
+    ShardRecord,
+    read_manifest,
+    shard_name,
+    write_manifest,
+)
 from jjepa.preprocess.readers import detect_format, source_info
 from jjepa.preprocess.readers.base import GenericOptions
 from jjepa.preprocess.task import ShardTask, run_task
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +177,7 @@ def run_cluster(run: ClusterRun) -> Manifest:
             errors.append(error)
             return
         manifest.shards.append(record)
+        manifest.shards.sort(key=lambda r: r.file)
         write_manifest(run.out, manifest)
 
     try:

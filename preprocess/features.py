@@ -12,7 +12,6 @@ import math
 
 import numba as nb
 import numpy as np
-
 from jjepa.common.schema import ClusterConfig, ShardArrays
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from jjepa.common.atomic import sha256_file
+from jjepa.common.errors import ShardError
 from jjepa.common.schema import validate_shard
 from jjepa.common.shards import open_memmaps, read_manifest
 
@@ -41,7 +41,11 @@ def summarize(folder: str | Path, check: bool = False) -> dict:
             if sha256_file(path) != record.sha256:
                 problems.append(f"{record.file}: sha256 differs from the manifest")
             problems += [f"{record.file}: {p}" for p in validate_shard(path, deep=True)]
-        maps = open_memmaps(path)
+        try:
+            maps = open_memmaps(path)
+        except (OSError, KeyError, ShardError) as err:
+            problems.append(f"{record.file}: unreadable ({err})")
+            continue
         smask = np.asarray(maps["subjet_mask"])
         subjets_per_jet.append(smask.sum(axis=1))
         nparts.append(np.asarray(maps["subjet_nparticles"])[smask])

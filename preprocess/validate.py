@@ -6,7 +6,6 @@ import logging
 from dataclasses import replace
 
 import numpy as np
-
 from jjepa.common.errors import InputError
 from jjepa.preprocess.readers.base import JetChunk
 

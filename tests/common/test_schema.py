@@ -5,7 +5,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
 from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import ShardError
 from jjepa.common.schema import DATASETS, ClusterConfig, ShardArrays, ShardAttrs, validate_shard

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from jjepa.preprocess.cluster import cluster, cluster_fastjet
 
 

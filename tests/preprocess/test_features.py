@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from jjepa.common.schema import ClusterConfig
 from jjepa.preprocess.cluster import cluster
 from jjepa.preprocess.features import build_features
