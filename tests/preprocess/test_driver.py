@@ -175,3 +175,13 @@ def test_two_dask_workers_write_the_same_shards_as_one_process(jetclass_file, tm
     serial = run_cluster(run([jetclass_file], tmp_path / "serial"))
     parallel = run_cluster(run([jetclass_file], tmp_path / "dask", workers=2))
     assert [(s.file, s.sha256) for s in parallel.shards] == [(s.file, s.sha256) for s in serial.shards]
+
+
+@pytest.mark.slow
+def test_an_existing_scheduler_does_the_work(jetclass_file, tmp_path):
+    from distributed import LocalCluster
+
+    serial = run_cluster(run([jetclass_file], tmp_path / "serial"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        remote = run_cluster(run([jetclass_file], tmp_path / "remote", scheduler=cluster.scheduler_address))
+    assert [s.sha256 for s in remote.shards] == [s.sha256 for s in serial.shards]
