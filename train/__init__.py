@@ -1,0 +1,1 @@
+"""jjepa.train."""
