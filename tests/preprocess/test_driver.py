@@ -185,3 +185,37 @@ def test_an_existing_scheduler_does_the_work(jetclass_file, tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         remote = run_cluster(run([jetclass_file], tmp_path / "remote", scheduler=cluster.scheduler_address))
     assert [s.sha256 for s in remote.shards] == [s.sha256 for s in serial.shards]
+
+
+@pytest.mark.slow
+def test_killed_process_leaves_only_complete_shards(tmp_path):
+    """SIGKILL in the middle of a run: every shard on disk is whole, and --resume finishes the job."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "big.root"
+    write_jetclass_root(path, toy_chunk(3000, seed=9))
+    out = tmp_path / "shards"
+    command = [sys.executable, "-m", "jjepa.preprocess", "cluster", str(path), "--out", str(out), "--workers", "0",
+               "--chunk-size", "100", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    listed = {s.file: s.sha256 for s in read_manifest(out).shards}
+    for shard in out.glob("shard-*.h5"):  # also shards renamed just before the manifest was rewritten
+        assert validate_shard(shard, deep=True) == []
+        if shard.name in listed:
+            assert sha256_file(shard) == listed[shard.name]
+    result = CliRunner().invoke(main, command[3:] + ["--resume"])
+    assert result.exit_code == 0, result.output
+    final = read_manifest(out)
+    assert final.n_jets == 3000 and len(final.shards) == 30
+    assert not list(out.glob("*.tmp"))
