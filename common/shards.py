@@ -6,6 +6,7 @@ memory-map with ``open_memmaps`` so that a batch is a slice of the page cache, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,30 +35,46 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.h5"
 
 
-def write_shard(path: str | os.PathLike, arrays: ShardArrays, attrs: ShardAttrs) -> None:
-    """Write one shard atomically: contiguous datasets into a temporary file, then rename.
+@contextlib.contextmanager
+def shard_writer(path: str | os.PathLike, n_jets: int, attrs: ShardAttrs):
+    """Open a shard for writing in blocks of jets; yield ``write(start, arrays)``.
 
-    The rename makes a killed process leave either the whole shard or nothing; the sha256 that
-    the manifest records catches the rarer torn file after a power loss (``--resume`` redoes it).
+    The datasets are created contiguous with their full (J, S, N, 4)… shapes, so a producer can
+    fill the shard a block at a time from a small reused buffer. The file lives under a
+    temporary name until the ``with`` block ends without error, then it is renamed to ``path``;
+    on error it is deleted. The rename makes a killed process leave either the whole shard or
+    nothing; the sha256 that the manifest records catches the rarer torn file after a power loss.
+    """
+    cluster = attrs.cluster
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+        datasets = {spec.name: f.create_dataset(spec.name, spec.shape(n_jets, cluster.n_subjets, cluster.n_particles),
+                                                dtype=spec.dtype, track_times=False) for spec in DATASETS}
+
+        def write(start: int, arrays: ShardArrays) -> None:
+            stop = start + arrays.n_jets
+            for name, ds in datasets.items():
+                block = np.ascontiguousarray(getattr(arrays, name), dtype=ds.dtype)
+                if block.shape[1:] != ds.shape[1:] or stop > ds.shape[0]:
+                    raise ValueError(f"{name}: block of shape {block.shape} does not fit jets {start}-{stop} "
+                                     f"of a shard shaped {ds.shape}")
+                ds[start:stop] = block
+
+        yield write
+        for key, value in attrs.to_hdf5().items():
+            f.attrs[key] = value
+
+
+def write_shard(path: str | os.PathLike, arrays: ShardArrays, attrs: ShardAttrs) -> None:
+    """Write one whole shard atomically (see ``shard_writer``).
 
     Args:
         path: final file name, e.g. ``out/shard-00003.h5``.
         arrays: the shard's arrays, shaped (J, S, N, 4) etc. as in ``jjepa.common.schema.DATASETS``.
         attrs: clustering config, class names and source record.
     """
-    cluster = attrs.cluster
-    n_jets = arrays.n_jets
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            for spec in DATASETS:
-                data = np.ascontiguousarray(getattr(arrays, spec.name), dtype=spec.dtype)
-                expected = spec.shape(n_jets, cluster.n_subjets, cluster.n_particles)
-                if data.shape != expected:
-                    raise ValueError(f"{spec.name}: shape {data.shape}, schema expects {expected}")
-                # track_times=False keeps the bytes reproducible for identical inputs.
-                f.create_dataset(spec.name, data=data, track_times=False)
-            for key, value in attrs.to_hdf5().items():
-                f.attrs[key] = value
+    with shard_writer(path, arrays.n_jets, attrs) as write:
+        if arrays.n_jets:
+            write(0, arrays)
 
 
 def read_shard(path: str | os.PathLike) -> ShardArrays:
@@ -160,13 +177,12 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
     return Manifest.from_json(obj)
 
 
-def record_for(path: str | os.PathLike, arrays: ShardArrays, classes, source: dict, n_skipped: int = 0) -> ShardRecord:
-    """The manifest record of a shard just written at ``path`` from ``arrays``."""
-    labels = arrays.labels
+def record_for(path: str | os.PathLike, labels: np.ndarray, classes, source: dict, n_skipped: int = 0) -> ShardRecord:
+    """The manifest record of a shard just written at ``path`` holding jets with ``labels``."""
     counts = np.bincount(labels[labels >= 0], minlength=len(classes)).tolist() if len(classes) else []
     return ShardRecord(
         file=Path(path).name,
-        n_jets=arrays.n_jets,
+        n_jets=int(labels.shape[0]),
         class_counts=counts,
         sha256=sha256_file(path),
         source=source,

@@ -227,7 +227,7 @@ def _cluster_one(px, py, pz, e, power, r2, assign, work_f, work_i):
     return n_sub
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def cluster_kernel(px, py, pz, e, offsets, power, radius, assign, n_subjets):
     """Cluster every jet of a chunk into inclusive subjets.
 

@@ -12,7 +12,7 @@ import math
 
 import numba as nb
 import numpy as np
-from jjepa.common.schema import ClusterConfig, ShardArrays
+from jjepa.common.schema import DATASET_NAMES, ClusterConfig, ShardArrays
 
 
 @nb.njit(cache=True, inline="always")
@@ -45,7 +45,7 @@ def _sort_desc(index, key, n):
         index[b + 1] = item
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def features_kernel(px, py, pz, e, offsets, assign, n_subjets, particles, particle_mask, subjets,
                     subjet_mask, subjet_nparticles, jets):
     """Fill the shard arrays (zero-initialised, shapes as in the schema) for every jet.
@@ -141,22 +141,29 @@ def features_kernel(px, py, pz, e, offsets, assign, n_subjets, particles, partic
                 particle_mask[j, slot, c] = True
 
 
-def build_features(px, py, pz, e, offsets, assign, n_subjets, labels, cluster: ClusterConfig) -> ShardArrays:
-    """The shard arrays of a clustered chunk.
+def fill_features(px, py, pz, e, offsets, assign, n_subjets, labels, out: ShardArrays) -> None:
+    """Overwrite ``out`` (J jets, any previous content) with the features of a clustered block.
 
     Args:
         px, py, pz, e: float64 (P,) constituent four-momenta [GeV].
-        offsets: int64 (J+1,) jet boundaries.
+        offsets: int64 (J+1,) jet boundaries, starting at 0.
         assign, n_subjets: the clustering's output (``jjepa.preprocess.cluster.cluster``).
         labels: int64 (J,) class indices (−1 unlabeled).
-        cluster: S and N come from here.
-
-    Returns:
-        ``ShardArrays`` with (J, S, N, 4) particles etc., zero-padded.
+        out: ``ShardArrays`` of exactly J jets; padded slots are set to zero.
     """
-    n_jets = len(offsets) - 1
-    out = ShardArrays.empty(n_jets, cluster.n_subjets, cluster.n_particles)
+    for name in DATASET_NAMES:
+        getattr(out, name).fill(0)
     features_kernel(px, py, pz, e, offsets, assign, n_subjets, out.particles, out.particle_mask, out.subjets,
                     out.subjet_mask, out.subjet_nparticles, out.jets)
     out.labels[:] = labels
+
+
+def build_features(px, py, pz, e, offsets, assign, n_subjets, labels, cluster: ClusterConfig) -> ShardArrays:
+    """The shard arrays of a clustered chunk, newly allocated (see ``fill_features``).
+
+    Returns:
+        ``ShardArrays`` with (J, S, N, 4) particles etc., zero-padded; S and N from ``cluster``.
+    """
+    out = ShardArrays.empty(len(offsets) - 1, cluster.n_subjets, cluster.n_particles)
+    fill_features(px, py, pz, e, offsets, assign, n_subjets, labels, out)
     return out

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from jjepa.common.schema import ClusterConfig, ShardAttrs
-from jjepa.common.shards import ShardRecord, record_for, write_shard
+import numpy as np
+from jjepa.common.schema import ClusterConfig, ShardArrays, ShardAttrs
+from jjepa.common.shards import ShardRecord, record_for, shard_writer
 from jjepa.preprocess.cluster import cluster, cluster_fastjet
-from jjepa.preprocess.features import build_features
+from jjepa.preprocess.features import fill_features
 from jjepa.preprocess.readers import read_chunk
 from jjepa.preprocess.readers.base import GenericOptions
 from jjepa.preprocess.validate import check_chunk
@@ -44,19 +45,29 @@ class ShardTask:
         return {"file": self.path, "start": self.start, "stop": self.stop}
 
 
-def run_task(task: ShardTask) -> ShardRecord:
+def run_task(task: ShardTask, block_size: int = 1024) -> ShardRecord:
     """Read, check, cluster and featurise one chunk, write its shard, return the manifest record.
 
-    Raises ``InputError`` (naming file and entry) on bad input; nothing is written then.
+    Features are built ``block_size`` jets at a time into one reused buffer and written straight
+    into the shard, so memory stays at the chunk's constituents plus ~10 MB whatever the chunk
+    size, and no fresh 10 kB-per-jet output array is page-faulted in. Raises ``InputError``
+    (naming file and entry) on bad input; nothing is written then.
     """
     chunk = read_chunk(task.fmt, task.path, task.start, task.stop, task.options)
     chunk, n_skipped = check_chunk(chunk, task.on_bad_jet)
     clusterer = cluster if task.backend == "numba" else cluster_fastjet
     assign, n_subjets = clusterer(chunk.px, chunk.py, chunk.pz, chunk.energy, chunk.offsets,
                                   task.cluster.algorithm, task.cluster.radius)
-    arrays = build_features(chunk.px, chunk.py, chunk.pz, chunk.energy, chunk.offsets, assign, n_subjets,
-                            chunk.labels, task.cluster)
+    p4 = [np.ascontiguousarray(a, dtype=np.float64) for a in (chunk.px, chunk.py, chunk.pz, chunk.energy)]
+    buffer = ShardArrays.empty(min(block_size, chunk.n_jets), task.cluster.n_subjets, task.cluster.n_particles)
     path = Path(task.out)
     attrs = ShardAttrs(cluster=task.cluster, classes=task.classes, source=task.source())
-    write_shard(path, arrays, attrs)
-    return record_for(path, arrays, task.classes, task.source(), n_skipped=n_skipped)
+    with shard_writer(path, chunk.n_jets, attrs) as write:
+        for lo in range(0, chunk.n_jets, block_size):
+            hi = min(lo + block_size, chunk.n_jets)
+            block = buffer if hi - lo == buffer.n_jets else buffer.take(slice(0, hi - lo))
+            a, b = chunk.offsets[lo], chunk.offsets[hi]
+            fill_features(*(x[a:b] for x in p4), chunk.offsets[lo:hi + 1] - a, assign[a:b], n_subjets[lo:hi],
+                          chunk.labels[lo:hi], block)
+            write(lo, block)
+    return record_for(path, chunk.labels, task.classes, task.source(), n_skipped=n_skipped)

@@ -7,8 +7,10 @@ format name, the path and the options (all picklable) to read its own chunk on a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from jjepa.common.errors import InputError
 
 #: JetClass class names, index = label (order of the ``label_*`` branches).
 JETCLASS_CLASSES: tuple[str, ...] = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
@@ -60,7 +62,9 @@ class GenericOptions:
     """Branch / dataset names for the ``generic`` reader (and the tree name for ROOT).
 
     Either ``px, py, pz, energy`` or ``pt, eta, phi, energy`` must be given. ``label`` is optional
-    (jets are unlabeled, −1, without it); ``classes`` names the label values.
+    (jets are unlabeled, −1, without it); ``classes`` names the label values and is required with
+    ``label``. ``counts`` (HDF5 only) names a per-jet constituent count when the constituent
+    datasets are flat 1-D arrays rather than zero-padded 2-D ``(jets, constituents)`` ones.
     """
 
     tree: str | None = None
@@ -73,6 +77,8 @@ class GenericOptions:
     energy: str | None = None
     label: str | None = None
     classes: tuple[str, ...] = field(default_factory=tuple)
+    #: HDF5 only: a 1-D dataset of constituents per jet, for flat (not padded) constituent datasets.
+    counts: str | None = None
 
 
 def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -80,3 +86,72 @@ def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets
+
+
+_ROOT_MAGIC = b"root"
+
+
+def require_file(path) -> None:
+    """Raise ``InputError`` unless ``path`` is an existing regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(str(path), "no such file")
+    if not p.is_file():
+        raise InputError(str(path), "not a regular file")
+
+
+def container_kind(path) -> str | None:
+    """``"root"`` or ``"hdf5"`` judged from the file's first bytes (not its name); ``None`` if neither.
+
+    ROOT files start with ``root``; HDF5 files carry their signature at byte 0 or after a user
+    block (``h5py.is_hdf5`` knows where to look).
+    """
+    import h5py
+
+    require_file(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head == _ROOT_MAGIC:
+            return "root"
+        return "hdf5" if h5py.is_hdf5(str(path)) else None
+    except OSError as err:
+        raise InputError(str(path), f"cannot read: {err}") from err
+
+
+def check_root_complete(file, path) -> None:
+    """Raise ``InputError`` if an open uproot file is shorter than its header says (``fEND``).
+
+    uproot writes a tree's metadata near the start of the file, so a truncated file can open and
+    list its entries, and fail only when a basket past the cut is read; this catches it up front.
+    """
+    size = Path(path).stat().st_size
+    if size < file.file.fEND:
+        raise InputError(str(path), f"truncated: the file has {size} bytes but its ROOT header says {file.file.fEND}",
+                         hint="fetch the file again (compare its checksum with the published one)")
+
+
+def check_range(path, start: int, stop: int, n_jets: int) -> None:
+    """Raise ``InputError`` unless ``0 <= start <= stop <= n_jets`` (readers never clip silently)."""
+    if not 0 <= start <= stop <= n_jets:
+        raise InputError(str(path), f"entry range [{start}, {stop}) is not within the file's {n_jets} jets")
+
+
+def labels_from_onehot(path, start: int, onehot: np.ndarray, names) -> np.ndarray:
+    """int64 (J,) class indices from a bool (J, C) one-hot table; exactly one true per row.
+
+    Args:
+        path: the input file, for the error message.
+        start: the file entry of row 0, so the error names the file's entry, not the row.
+        onehot: bool (J, C), true where a label is set.
+        names: the C label names (branches or classes), for the error message.
+    """
+    n_set = onehot.sum(axis=1)
+    bad = np.flatnonzero(n_set != 1)
+    if len(bad):
+        first = int(bad[0])
+        set_names = [str(names[i]) for i in np.flatnonzero(onehot[first])]
+        what = f"{len(set_names)} labels are set ({', '.join(set_names)})" if set_names else "no label is set"
+        more = f"; {len(bad) - 1} more such jets in entries [{start}, {start + len(onehot)})" if len(bad) > 1 else ""
+        raise InputError(str(path), f"{what}, expected exactly one of {list(names)}{more}", entry=start + first)
+    return np.argmax(onehot, axis=1).astype(np.int64)

@@ -1,14 +1,26 @@
-"""Any ROOT tree or HDF5 file, with the branch (dataset) names given by the user.
+"""Any ROOT tree or HDF5 file, with the branch (dataset) names given by the user (``GenericOptions``).
 
-Constituents are either (px, py, pz, E) or (pT, η, φ, E) in GeV and radians. ROOT branches are
-jagged (one entry per jet); HDF5 datasets are 2-D ``(J, M)`` zero-padded arrays, a slot being
-real iff its energy is > 0. The label is optional: without it jets are unlabeled (−1), the normal
-case when pretraining on collision data.
+Constituents are either (px, py, pz, E) or (pT, η, φ, E), in GeV and radians; (pT, η, φ) are
+converted with px = pT cos φ, py = pT sin φ, pz = pT sinh η. The container is told by the file's
+first bytes, not its name.
+
+Supported layouts:
+
+- ROOT: a TTree (``options.tree``, or the only TTree in the file), one jet per entry, jagged
+  branches (``std::vector<float>`` or ``float[]`` with a counter); fixed-size array branches
+  (``float[M]``) are taken as zero-padded, a slot being real iff its energy is > 0.
+- HDF5, padded: 2-D datasets ``(jets, M)``, zero-padded, a slot being real iff its energy is > 0.
+- HDF5, flat: 1-D datasets ``(constituents,)`` jet after jet, plus a 1-D ``options.counts``
+  dataset ``(jets,)`` of constituents per jet.
+
+The label is optional: without it jets are unlabeled (−1), the normal case when pretraining on
+collision data. With it, ``options.classes`` names the classes; the label is an integer per jet
+(``(jets,)``), or one-hot ``(jets, classes)`` in HDF5 or a fixed-size ROOT array.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
 
 import awkward as ak
 import h5py
@@ -16,95 +28,248 @@ import numpy as np
 import uproot
 from jjepa.common.errors import InputError
 from jjepa.preprocess.readers._errors import wrap_io_errors
-from jjepa.preprocess.readers.base import GenericOptions, JetChunk, SourceInfo, offsets_from_counts
+from jjepa.preprocess.readers.base import (
+    GenericOptions,
+    JetChunk,
+    SourceInfo,
+    check_range,
+    check_root_complete,
+    container_kind,
+    labels_from_onehot,
+    offsets_from_counts,
+)
 
-ROOT_SUFFIXES = (".root",)
+with contextlib.suppress(ImportError):  # registers Blosc, LZ4, Zstd… so h5py reads compressed datasets
+    import hdf5plugin  # noqa: F401
+
+_HDF5_LAYOUTS = ("2-D zero-padded datasets (jets, constituents), or 1-D flat datasets (constituents,) "
+                 "plus a 1-D counts dataset (jets,) given as counts")
 
 
-def _kinematic_names(options: GenericOptions, path: str) -> tuple[str, tuple[str, ...]]:
-    if options is None:
-        options = GenericOptions()
+def _kinematic_names(options: GenericOptions | None, path: str) -> tuple[bool, tuple[str, str, str, str]]:
+    """``(polar, names)``: whether the names are (pT, η, φ, E) rather than (px, py, pz, E)."""
+    options = options or GenericOptions()
     cartesian = (options.px, options.py, options.pz, options.energy)
     polar = (options.pt, options.eta, options.phi, options.energy)
     if all(cartesian):
-        return "cartesian", cartesian
+        return False, cartesian
     if all(polar):
-        return "polar", polar
-    raise InputError(path, "the generic reader needs --px --py --pz --energy or --pt --eta --phi --energy",
-                     hint="or a --branches YAML with those keys")
+        return True, polar
+    raise InputError(path, "the generic reader needs the names of px, py, pz, energy or of pt, eta, phi, energy",
+                     hint="pass --px --py --pz --energy or --pt --eta --phi --energy, or a --branches YAML")
 
 
-def _is_root(path: str) -> bool:
-    return Path(path).suffix.lower() in ROOT_SUFFIXES
+def _check_label_options(options: GenericOptions, path: str) -> None:
+    if options.label and not options.classes:
+        raise InputError(path, f"a label ({options.label!r}) needs class names, index = label value",
+                         hint="pass --classes, e.g. --classes QCD,top")
 
 
-def _root_tree(path: str, options: GenericOptions):
-    with wrap_io_errors(path, "open as ROOT"):
-        file = uproot.open(path)
-        trees = [k for k, c in file.classnames(cycle=False).items() if c == "TTree"]
+def _to_cartesian(polar: bool, a: np.ndarray, b: np.ndarray, c: np.ndarray):
+    """(px, py, pz) [GeV] from (px, py, pz), or from (pT [GeV], η, φ [rad]) when ``polar``."""
+    if not polar:
+        return a, b, c
+    return a * np.cos(c), a * np.sin(c), a * np.sinh(b)
+
+
+def _labels(raw: np.ndarray, path: str, start: int, options: GenericOptions) -> np.ndarray:
+    """int64 (J,) class indices from an integer (J,) or one-hot (J, C) label array, checked against classes."""
+    classes = tuple(options.classes)
+    if raw.ndim == 2:
+        if raw.shape[1] != len(classes):
+            raise InputError(path, f"one-hot label {options.label!r} has {raw.shape[1]} columns but "
+                             f"{len(classes)} classes are named ({list(classes)})")
+        return labels_from_onehot(path, start, raw != 0, classes)
+    if raw.ndim != 1:
+        raise InputError(path, f"label {options.label!r} has shape {raw.shape}; expected (jets,) or (jets, classes)")
+    labels = raw.astype(np.int64)
+    bad = np.flatnonzero((labels != raw) | (labels < -1) | (labels >= len(classes)))
+    if len(bad):
+        raise InputError(path, f"label {options.label!r} is {raw[bad[0]]}, expected an integer in "
+                         f"[0, {len(classes)}) for classes {list(classes)} (or -1 for unlabeled)",
+                         entry=start + int(bad[0]))
+    return labels
+
+
+def _padded(blocks: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Counts (J,) and flat float64 (P,) arrays from zero-padded (J, M) arrays; real iff energy > 0."""
+    real = blocks[3] > 0
+    return real.sum(axis=1).astype(np.int64), [np.asarray(b[real], dtype=np.float64) for b in blocks]
+
+
+# ----------------------------------------------------------------------------------------------- ROOT
+
+def _root_tree(file, path: str, options: GenericOptions):
+    check_root_complete(file, path)
+    trees = sorted(k for k, c in file.classnames(cycle=False).items() if c == "TTree")
     if options.tree:
-        if options.tree not in file:
-            raise InputError(path, f"no tree {options.tree!r}; trees here: {trees}")
+        if options.tree not in trees:
+            raise InputError(path, f"no TTree {options.tree!r}; TTrees here: {trees}")
         return file[options.tree]
     if len(trees) != 1:
-        raise InputError(path, f"{len(trees)} TTrees ({trees}); name one with --tree")
+        raise InputError(path, f"{len(trees)} TTrees ({trees}); say which one to read", hint="pass --tree NAME")
     return file[trees[0]]
 
 
-def _check_present(path: str, names, available) -> None:
+def _check_present(path: str, names, available, what: str) -> None:
     missing = [n for n in names if n not in available]
     if missing:
-        raise InputError(path, f"missing branches/datasets {missing}; available: {sorted(available)}")
+        raise InputError(path, f"missing {what} {missing}; available: {sorted(available)}")
 
 
-def _to_cartesian(kind: str, a, b, c):
-    if kind == "cartesian":
-        return a, b, c
-    pt, eta, phi = a, b, c
-    return pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
+def _root_info(path: str, options: GenericOptions, wanted: list[str]) -> int:
+    with wrap_io_errors(path, "open as ROOT"), uproot.open(path) as file:
+        tree = _root_tree(file, path, options)
+        _check_present(path, wanted, set(tree.keys()), "branches")
+        return int(tree.num_entries)
+
+
+def _root_read(path: str, start: int, stop: int, options: GenericOptions, names):
+    with wrap_io_errors(path, f"read entries [{start}, {stop})"), uproot.open(path) as file:
+        tree = _root_tree(file, path, options)
+        wanted = list(names) + ([options.label] if options.label else [])
+        _check_present(path, wanted, set(tree.keys()), "branches")
+        check_range(path, start, stop, int(tree.num_entries))
+        arrays = tree.arrays(wanted, entry_start=start, entry_stop=stop, library="ak")
+    columns = [arrays[n] for n in names]
+    for name, column in zip(names, columns, strict=True):
+        if column.ndim != 2:
+            raise InputError(path, f"branch {name!r} has type {column.type}; expected a list of constituents per jet")
+    if all(isinstance(c.type.content, ak.types.RegularType) for c in columns):  # float[M]: zero-padded
+        counts, flat = _padded([ak.to_numpy(c) for c in columns])
+    else:
+        counts = ak.to_numpy(ak.num(columns[0], axis=1)).astype(np.int64)
+        for name, column in zip(names[1:], columns[1:], strict=True):
+            n = ak.to_numpy(ak.num(column, axis=1))
+            if np.any(n != counts):
+                bad = int(np.flatnonzero(n != counts)[0])
+                raise InputError(path, f"branch {name!r} has {n[bad]} constituents but {names[0]!r} has "
+                                 f"{counts[bad]}", entry=start + bad)
+        flat = [np.ascontiguousarray(ak.to_numpy(ak.flatten(c, axis=1)), dtype=np.float64) for c in columns]
+    raw_labels = None
+    if options.label:
+        label = arrays[options.label]
+        if label.ndim > 2 or (label.ndim == 2 and not isinstance(label.type.content, ak.types.RegularType)):
+            raise InputError(path, f"label branch {options.label!r} has type {label.type}; expected one "
+                             "integer per jet or a fixed-size one-hot array")
+        raw_labels = ak.to_numpy(label)
+    return counts, flat, raw_labels
+
+
+# ----------------------------------------------------------------------------------------------- HDF5
+
+def _dataset(f: h5py.File, path: str, name: str) -> h5py.Dataset:
+    node = f.get(name)
+    if not isinstance(node, h5py.Dataset):
+        datasets: list[str] = []
+        f.visititems(lambda n, obj: datasets.append(n) if isinstance(obj, h5py.Dataset) else None)
+        raise InputError(path, f"no dataset {name!r}; datasets here: {sorted(datasets)}")
+    return node
+
+
+def _h5_layout(f: h5py.File, path: str, options: GenericOptions, names) -> tuple[str, int]:
+    """``("padded" | "flat", n_jets)`` after checking the datasets' shapes agree."""
+    datasets = [_dataset(f, path, n) for n in names]
+    shapes = {n: d.shape for n, d in zip(names, datasets, strict=True)}
+    if len(set(shapes.values())) != 1:
+        raise InputError(path, f"constituent datasets differ in shape: {shapes}")
+    shape = datasets[0].shape
+    if len(shape) == 2 and not options.counts:
+        layout, n_jets = "padded", shape[0]
+    elif len(shape) == 1 and options.counts:
+        counts = _dataset(f, path, options.counts)
+        if counts.ndim != 1 or counts.dtype.kind not in "iu":
+            raise InputError(path, f"counts dataset {options.counts!r} is {counts.dtype}{list(counts.shape)}; "
+                             "expected 1-D integers (jets,)")
+        layout, n_jets = "flat", counts.shape[0]
+    else:
+        given = f"with counts {options.counts!r}" if options.counts else "without counts"
+        raise InputError(path, f"constituent datasets of shape {shape} {given} are not supported; "
+                         f"supported: {_HDF5_LAYOUTS}")
+    if options.label:
+        label = _dataset(f, path, options.label)
+        if label.ndim not in (1, 2) or label.shape[0] != n_jets:
+            raise InputError(path, f"label dataset {options.label!r} has shape {label.shape}; expected "
+                             f"({n_jets},) or ({n_jets}, classes)")
+    return layout, n_jets
+
+
+def _h5_info(path: str, options: GenericOptions, names) -> int:
+    with wrap_io_errors(path, "open as HDF5"), h5py.File(path, "r") as f:
+        return _h5_layout(f, path, options, names)[1]
+
+
+def _h5_read(path: str, start: int, stop: int, options: GenericOptions, names):
+    with wrap_io_errors(path, f"read rows [{start}, {stop})"), h5py.File(path, "r") as f:
+        layout, n_jets = _h5_layout(f, path, options, names)
+        check_range(path, start, stop, n_jets)
+        if layout == "padded":
+            counts, flat = _padded([f[n][start:stop] for n in names])
+        else:
+            # Offsets need the counts of every jet before ``stop``: 8 bytes per jet, not per constituent.
+            all_counts = f[options.counts][:stop].astype(np.int64)
+            if np.any(all_counts < 0):
+                bad = int(np.flatnonzero(all_counts < 0)[0])
+                raise InputError(path, f"counts {options.counts!r} is negative", entry=bad)
+            lo, hi = int(all_counts[:start].sum()), int(all_counts.sum())
+            if hi > f[names[0]].shape[0]:
+                raise InputError(path, f"counts {options.counts!r} add up to {hi} constituents by jet {stop}, "
+                                 f"but {names[0]!r} holds {f[names[0]].shape[0]}")
+            counts = all_counts[start:]
+            flat = [np.asarray(f[n][lo:hi], dtype=np.float64) for n in names]
+        raw_labels = f[options.label][start:stop] if options.label else None
+    return counts, flat, raw_labels
+
+
+# ----------------------------------------------------------------------------------------------- API
+
+def _container(path: str) -> str:
+    kind = container_kind(path)
+    if kind is None:
+        raise InputError(path, "neither a ROOT nor an HDF5 file (judged by its first bytes)",
+                         hint="the file may be corrupt or incompletely downloaded")
+    return kind
 
 
 def info(path: str, options: GenericOptions) -> SourceInfo:
-    """Number of jets; class names from the options (none when unlabeled)."""
+    """Number of jets, and the class names from the options (empty when unlabeled).
+
+    Raises:
+        InputError: names missing from the options, branches/datasets missing from the file (the
+            message lists those that exist), or an unsupported HDF5 layout.
+    """
+    path = str(path)
+    options = options or GenericOptions()
     _, names = _kinematic_names(options, path)
-    wanted = list(names) + ([options.label] if options.label else [])
-    if _is_root(path):
-        tree = _root_tree(path, options)
-        _check_present(path, wanted, tree.keys())
-        n_jets = int(tree.num_entries)
+    _check_label_options(options, path)
+    if _container(path) == "root":
+        n_jets = _root_info(path, options, list(names) + ([options.label] if options.label else []))
     else:
-        with wrap_io_errors(path, "open as HDF5"), h5py.File(path, "r") as f:
-            available = []
-            f.visit(available.append)
-            _check_present(path, wanted, available)
-            n_jets = int(f[names[0]].shape[0])
-    classes = tuple(options.classes)
-    if options.label and not classes:
-        classes = ()
-    return SourceInfo(n_jets=n_jets, classes=classes)
+        n_jets = _h5_info(path, options, names)
+    return SourceInfo(n_jets=n_jets, classes=tuple(options.classes) if options.label else ())
 
 
 def read(path: str, start: int, stop: int, options: GenericOptions) -> JetChunk:
-    """Read jets ``[start, stop)`` with the configured names; returns constituents in (px, py, pz, E)."""
-    kind, names = _kinematic_names(options, path)
-    n = stop - start
-    if _is_root(path):
-        tree = _root_tree(path, options)
-        branches = list(names) + ([options.label] if options.label else [])
-        with wrap_io_errors(path, f"read entries {start}-{stop - 1}"):
-            arrays = tree.arrays(branches, entry_start=start, entry_stop=stop, library="ak")
-        counts = ak.to_numpy(ak.num(arrays[names[0]], axis=1))
-        a, b, c, e = (ak.to_numpy(ak.flatten(arrays[x], axis=None)).astype(np.float64) for x in names)
-        labels = ak.to_numpy(arrays[options.label]).astype(np.int64) if options.label else np.full(n, -1, np.int64)
+    """Read jets ``[start, stop)`` with the names in ``options``.
+
+    Args:
+        path: a ROOT or HDF5 file (see the module docstring for the layouts).
+        start, stop: jet range; must lie within the file (nothing is clipped).
+        options: branch/dataset names; (pT, η, φ) are converted to (px, py, pz).
+
+    Returns:
+        A ``JetChunk`` with float64 (px, py, pz, E) in GeV; labels −1 without ``options.label``.
+    """
+    path = str(path)
+    options = options or GenericOptions()
+    polar, names = _kinematic_names(options, path)
+    _check_label_options(options, path)
+    reader = _root_read if _container(path) == "root" else _h5_read
+    counts, (a, b, c, energy), raw_labels = reader(path, start, stop, options, names)
+    px, py, pz = _to_cartesian(polar, a, b, c)
+    if raw_labels is None:
+        labels = np.full(stop - start, -1, dtype=np.int64)
     else:
-        with wrap_io_errors(path, f"read rows {start}-{stop - 1}"), h5py.File(path, "r") as f:
-            blocks = [f[x][start:stop] for x in names]
-            labels = f[options.label][start:stop].astype(np.int64) if options.label else np.full(n, -1, np.int64)
-        if any(blk.ndim != 2 for blk in blocks):
-            raise InputError(path, f"HDF5 datasets {list(names)} must be 2-D (jets, constituents), zero-padded")
-        real = blocks[3] > 0
-        counts = real.sum(axis=1)
-        a, b, c, e = (blk[real].astype(np.float64) for blk in blocks)
-    px, py, pz = _to_cartesian(kind, a, b, c)
-    return JetChunk(px=px, py=py, pz=pz, energy=e, offsets=offsets_from_counts(counts), labels=labels,
-                    path=str(path), start=start, stop=stop)
+        labels = _labels(np.asarray(raw_labels), path, start, options)
+    return JetChunk(px=px, py=py, pz=pz, energy=energy, offsets=offsets_from_counts(counts), labels=labels,
+                    path=path, start=start, stop=stop)

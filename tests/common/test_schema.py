@@ -76,7 +76,7 @@ def test_wrong_shape_is_refused_and_leaves_no_file(tmp_path):
     arrays = small_arrays()
     arrays.subjets = arrays.subjets[:, :3]
     path = tmp_path / "shard-00000.h5"
-    with pytest.raises(ValueError, match="subjets: shape"):
+    with pytest.raises(ValueError, match="subjets: block of shape"):
         write_shard(path, arrays, ShardAttrs(CFG, ()))
     assert list(tmp_path.iterdir()) == []
 
@@ -93,7 +93,7 @@ def test_manifest_round_trip_and_counts(tmp_path):
     arrays = small_arrays(n_jets=5)
     path = tmp_path / "shard-00000.h5"
     write_shard(path, arrays, ShardAttrs(CFG, ("QCD", "top")))
-    record = record_for(path, arrays, ("QCD", "top"), {"file": "a", "start": 0, "stop": 5})
+    record = record_for(path, arrays.labels, ("QCD", "top"), {"file": "a", "start": 0, "stop": 5})
     assert record.class_counts == [3, 2] and record.n_jets == 5 and len(record.sha256) == 64
     write_manifest(tmp_path, Manifest(cluster=CFG, classes=("QCD", "top"), shards=[record]))
     back = read_manifest(tmp_path)
