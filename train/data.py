@@ -215,7 +215,10 @@ class ShardLoader:
                 n_pending += take
                 offset += take
                 if n_pending == self.batch_size:
-                    yield JetBatch(self._gather(pending), Cursor(epoch, offset))
+                    # At an epoch's end the position is the next epoch's start: ``cursor.epoch`` counts
+                    # the epochs completed whether or not the last batch happened to be full.
+                    after = Cursor(epoch, offset) if offset < size else Cursor(epoch + 1, 0)
+                    yield JetBatch(self._gather(pending), after)
                     pending, n_pending = [], 0
             epoch, offset = epoch + 1, 0
             if self.epochs is not None and n_pending:

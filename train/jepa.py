@@ -1,0 +1,108 @@
+"""J-JEPA, top to bottom as in the paper's figure: embedding → encoders → predictor → loss.
+
+1. Every subjet is embedded from its constituents and the subjet transformer encodes the jet
+   (``SubjetTransformer``); the context encoder learns by gradient, the target encoder is its EMA
+   (``jjepa.train.ema``).
+2. Masks (``jjepa.train.masking``) split each jet's real subjets into targets (~30%) and context.
+   By default (the paper) both encoders see the whole jet and the outputs are masked afterwards;
+   with ``context_sees_targets=False`` the context encoder attends to the context subjets only.
+3. The predictor reads the context representations and one query per target (mask token +
+   position embedding) and predicts the target encoder's representations of the targets.
+4. The loss is the squared L2 distance between prediction and target representation, averaged
+   over the feature dimension and over the real target subjets of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jjepa.train.config import ModelConfig
+from jjepa.train.predictor import Predictor
+from jjepa.train.subjet_transformer import SubjetTransformer
+from jjepa.train.transform import ModelInputs
+from torch import nn
+
+
+@dataclass
+class JEPAOutput:
+    """One forward pass: the loss and what the diagnostics read.
+
+    Attributes:
+        loss: scalar, mean squared error over target subjets and dimensions.
+        predictions: (B, S, D), 0 off target.
+        target_reps: (B, S, D) target-encoder representations of every real subjet (no gradient).
+        target_mask: (B, S) bool.
+        subjet_mask: (B, S) bool, the real subjets.
+    """
+
+    loss: torch.Tensor
+    predictions: torch.Tensor
+    target_reps: torch.Tensor
+    target_mask: torch.Tensor
+    subjet_mask: torch.Tensor
+
+
+class JEPA(nn.Module):
+    """The trainable part: context encoder and predictor (the target encoder is kept outside, as an EMA).
+
+    Args:
+        config: model hyperparameters with ``n_subjets`` and ``n_particles`` set (from the data).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.n_subjets is None or config.n_particles is None:
+            raise ValueError("ModelConfig.n_subjets and n_particles must be set (from the shards' manifest)")
+        self.config = config
+        self.context_encoder = SubjetTransformer(config)
+        self.predictor = Predictor(config)
+        self.apply(_init_weights)
+
+    def forward(self, inputs: ModelInputs, target_mask: torch.Tensor, context_sees_targets: bool) -> torch.Tensor:
+        """Context encoder + predictor: (B, S, D) predictions at the target slots.
+
+        Args:
+            inputs: the transformed batch.
+            target_mask: (B, S) bool, a subset of the real subjets.
+            context_sees_targets: True (paper): encode the whole jet, then keep the context
+                outputs; False (I-JEPA): the encoder attends to the context subjets only.
+        """
+        context_mask = inputs.subjet_mask & ~target_mask
+        encoded = self.context_encoder(inputs, None if context_sees_targets else context_mask)
+        return self.predictor(encoded, context_mask, target_mask, inputs.subjets)
+
+
+def jepa_loss(predictions: torch.Tensor, targets: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over target subjets of the mean squared difference over the D dimensions.
+
+    Args:
+        predictions, targets: (B, S, D).
+        target_mask: (B, S) bool; slots outside it do not count.
+    """
+    per_subjet = (predictions.float() - targets.float()).pow(2).mean(dim=-1)
+    weights = target_mask.to(per_subjet.dtype)
+    return (per_subjet * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def jepa_forward(model: nn.Module, target_encoder: nn.Module, inputs: ModelInputs, target_mask: torch.Tensor,
+                 context_sees_targets: bool) -> JEPAOutput:
+    """One J-JEPA forward pass (``model`` may be a ``JEPA`` or its DDP / compiled wrapper).
+
+    1. target encoder on the whole jet, no gradient, outputs kept at the targets;
+    2. context encoder + predictor;
+    3. L2 loss at the targets.
+    """
+    with torch.no_grad():
+        target_reps = target_encoder(inputs)
+    predictions = model(inputs, target_mask, context_sees_targets)
+    loss = jepa_loss(predictions, target_reps, target_mask)
+    return JEPAOutput(loss, predictions, target_reps, target_mask, inputs.subjet_mask)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Truncated-normal linear weights (std 0.02) and zero biases, as in ViT / I-JEPA."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,32 @@
+"""AdamW with the usual exemptions from weight decay, and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW; biases, LayerNorm weights and learned tokens (every parameter with < 2 dims) get no decay."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and param.shape[0] > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def lr_at(step: int, total_steps: int, peak: float, final: float, warmup_steps: int) -> float:
+    """Learning rate of ``step`` (0-based): linear warmup to ``peak``, then cosine down to ``final``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return final + (peak - final) * (math.cos(math.pi * progress) + 1) / 2
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (scaled by a group's ``lr_scale``, if any)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

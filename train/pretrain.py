@@ -1,0 +1,374 @@
+"""The J-JEPA pretraining loop: shards → batches → masks → loss → AdamW step → EMA, with checkpoints.
+
+One call of ``pretrain`` runs (or resumes) a run folder::
+
+    out/config.yaml            the resolved configuration
+    out/train_log.csv          step, epoch, loss, lr, momentum, jets_per_s, target_std, target_rank, val_loss
+    out/metrics.json           the final figures (for ``dvc metrics``)
+    out/checkpoints/last.pt    written every ``checkpoint_every`` steps, at the end and on Ctrl-C
+
+A resumed run continues exactly: the weights, the optimizer, the loader position, the schedules
+(functions of the step) and the masks (seeded by the step) are all restored, so N steps, stop,
+resume, N more steps equals 2N steps straight (bit for bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import yaml
+from jjepa.common.atomic import atomic_path, write_json_atomic
+from jjepa.common.errors import JJepaError
+from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.config import PretrainConfig, config_from_dict
+from jjepa.train.data import PRETRAIN_FIELDS, Cursor, JetBatch, ShardLoader, ShardSet
+from jjepa.train.diagnostics import effective_rank, representation_std
+from jjepa.train.distributed import DistInfo, init_distributed, mean_over_ranks, shutdown_distributed
+from jjepa.train.ema import ema_update, make_target_encoder, momentum_at
+from jjepa.train.jepa import JEPA, jepa_forward
+from jjepa.train.masking import mask_generator, sample_targets
+from jjepa.train.optim import lr_at, make_optimizer, set_lr
+from jjepa.train.subjet_transformer import jet_representation
+from jjepa.train.transform import InputTransform, ModelInputs
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS: tuple[str, ...] = ("step", "epoch", "loss", "lr", "momentum", "jets_per_s", "target_std",
+                                "target_rank", "val_loss")
+#: Validation masks use a rank of their own, so they never coincide with a training step's.
+_VAL_RANK = 1 << 20
+
+
+@dataclass
+class RunState:
+    """The mutable state of a run: the models, the optimizer and the position."""
+
+    model: JEPA
+    target_encoder: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int
+    cursor: Cursor
+    #: Sum of the losses and number of steps since the last log row (checkpointed, so a resumed run
+    #: logs the same averages as an uninterrupted one).
+    interval_loss: float = 0.0
+    interval_steps: int = 0
+
+
+def total_steps(config: PretrainConfig, jets_per_epoch: int) -> int:
+    """``config.steps``, or ``config.epochs`` passes over a rank's share converted to steps."""
+    if config.steps is not None:
+        return config.steps
+    return max(1, math.ceil(config.epochs * jets_per_epoch / config.batch_size))
+
+
+def to_inputs(batch: JetBatch, transform: InputTransform, device: torch.device) -> ModelInputs:
+    """Copy a raw batch to ``device`` (asynchronously from pinned memory) and transform it there."""
+    batch = batch.to(device)
+    return transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; full fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _bind_data(config: PretrainConfig, shards: ShardSet) -> PretrainConfig:
+    """The config with the model's S and N taken from the shards (an explicit mismatch is an error)."""
+    model = config.model
+    for name, value in (("n_subjets", shards.n_subjets), ("n_particles", shards.n_particles)):
+        if getattr(model, name) not in (None, value):
+            raise JJepaError(f"model.{name} is {getattr(model, name)} but the shards in {config.data} have {value}")
+    return replace(config, model=replace(model, n_subjets=shards.n_subjets, n_particles=shards.n_particles))
+
+
+def _check_resumable(config: PretrainConfig, saved: PretrainConfig) -> None:
+    """A resumed run must train the same model on the same data with the same schedules."""
+    fixed = ("model", "transform", "data", "steps", "epochs", "batch_size", "seed", "lr", "final_lr",
+             "warmup_fraction", "ema_start", "ema_end", "mask_fraction", "context_sees_targets", "block_size")
+    changed = [k for k in fixed if getattr(config, k) != getattr(saved, k)]
+    if changed:
+        raise JJepaError(f"cannot resume: {changed} differ from the checkpoint's configuration; "
+                         "start a new run (--out) to change them")
+
+
+def build_state(config: PretrainConfig, device: torch.device) -> RunState:
+    """Fresh models (seeded by ``config.seed``) and optimizer on ``device``."""
+    torch.manual_seed(config.seed)
+    model = JEPA(config.model).to(device)
+    target = make_target_encoder(model.context_encoder)
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    return RunState(model, target, optimizer, step=0, cursor=Cursor())
+
+
+def restore_state(state: RunState, checkpoint: dict) -> None:
+    """Load a checkpoint's weights, optimizer, position and RNG into ``state``."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.target_encoder.load_state_dict(checkpoint["target_encoder"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.step = int(checkpoint["step"])
+    state.cursor = Cursor(**checkpoint["cursor"])
+    state.interval_loss = float(checkpoint["interval_loss"])
+    state.interval_steps = int(checkpoint["interval_steps"])
+    torch.set_rng_state(checkpoint["torch_rng"])
+
+
+def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) -> dict:
+    """What ``save_checkpoint`` writes for ``state``."""
+    return {
+        "config": config.to_dict(),
+        "model": state.model.state_dict(),
+        "target_encoder": state.target_encoder.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "step": state.step,
+        "cursor": {"epoch": state.cursor.epoch, "offset": state.cursor.offset},
+        "world_size": world_size,
+        "interval_loss": state.interval_loss,
+        "interval_steps": state.interval_steps,
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+class TrainLog:
+    """``train_log.csv``, one row per logging step; on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=LOG_COLUMNS).writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+@torch.no_grad()
+def validation_loss(state: RunState, config: PretrainConfig, shards: ShardSet, device: torch.device) -> float:
+    """Mean J-JEPA loss over ``val_batches`` batches of the validation shards, read in file order with
+    fixed masks, so successive validations are comparable."""
+    loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=False, rank=0,
+                         world_size=1, epochs=1, fields=PRETRAIN_FIELDS, pin_memory=device.type == "cuda")
+    state.model.eval()
+    total, count = 0.0, 0
+    for index, batch in enumerate(loader.batches()):
+        if config.val_batches is not None and index >= config.val_batches:
+            break
+        target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
+                                     mask_generator(config.seed, _VAL_RANK, index))
+        inputs = to_inputs(batch, config.transform, device)
+        with _autocast(device):
+            out = jepa_forward(state.model, state.target_encoder, inputs, target_mask.to(device),
+                               config.context_sees_targets)
+        total += float(out.loss) * len(batch)
+        count += len(batch)
+    state.model.train()
+    return total / max(count, 1)
+
+
+def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool = True) -> dict:
+    """Run the input pipeline alone (read, copy to the device, transform, masks) and measure jets/s.
+
+    For diagnosing input stalls: compare with the training step rate. Returns ``{"jets_per_s", ...}``.
+    """
+    dist_info = init_distributed(config.device)
+    try:
+        shards = ShardSet(config.data)
+        loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True,
+                             rank=dist_info.rank, world_size=dist_info.world_size, epochs=None,
+                             fields=PRETRAIN_FIELDS, pin_memory=dist_info.device.type == "cuda")
+        steps = n_steps or total_steps(config, loader.jets_per_epoch())
+        with loader.prefetch(depth=config.prefetch) as batches:
+            start = time.perf_counter()
+            for step, batch in enumerate(tqdm(batches, total=steps, disable=not progress, unit="batch")):
+                target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
+                                             mask_generator(config.seed, dist_info.rank, step))
+                inputs = to_inputs(batch, config.transform, dist_info.device)
+                target_mask.to(dist_info.device)
+                if step + 1 == steps:
+                    break
+            if dist_info.device.type == "cuda":
+                torch.cuda.synchronize(dist_info.device)
+            elapsed = time.perf_counter() - start
+        rate = steps * config.batch_size * dist_info.world_size / elapsed
+        log.info("io-only: %d batches of %d jets in %.2f s: %.0f jets/s", steps, config.batch_size, elapsed, rate)
+        del inputs
+        return {"jets_per_s": rate, "steps": steps, "batch_size": config.batch_size, "device": str(dist_info.device)}
+    finally:
+        shutdown_distributed()
+
+
+def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Pretrain J-JEPA as configured (see the module docstring for what the run folder gets).
+
+    Args:
+        config: the resolved configuration; ``data`` and ``out`` must be set.
+        resume: continue from ``out/checkpoints/last.pt``.
+        progress: show a progress bar (rank 0).
+
+    Returns:
+        The final metrics written to ``metrics.json``.
+    """
+    if config.data is None or config.out is None:
+        raise JJepaError("pretraining needs --data (a shard folder) and --out (the run folder)")
+    dist_info = init_distributed(config.device)
+    try:
+        return _pretrain(config, dist_info, resume, progress)
+    finally:
+        shutdown_distributed()
+
+
+def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progress: bool) -> dict:
+    device = dist_info.device
+    out = Path(config.out)
+    last = out / "checkpoints" / "last.pt"
+    shards = ShardSet(config.data)
+    config = _bind_data(config, shards)
+    val_shards = ShardSet(config.val) if config.val else None
+
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(last)
+        _check_resumable(config, config_from_dict(checkpoint["config"]))
+        if checkpoint["world_size"] != dist_info.world_size:
+            raise JJepaError(f"cannot resume: the checkpoint was written by {checkpoint['world_size']} processes, "
+                             f"this run has {dist_info.world_size}")
+    elif last.exists():
+        raise JJepaError(f"{out} already holds a run ({last}); pass --resume to continue it, or choose another --out")
+
+    state = build_state(config, device)
+    if checkpoint is not None:
+        restore_state(state, checkpoint)
+        log.info("resuming %s at step %d", out, state.step)
+
+    loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True,
+                         rank=dist_info.rank, world_size=dist_info.world_size, epochs=None,
+                         fields=PRETRAIN_FIELDS, pin_memory=device.type == "cuda")
+    steps = total_steps(config, loader.jets_per_epoch())
+    stop = min(steps, config.stop_after) if config.stop_after is not None else steps
+    warmup = int(config.warmup_fraction * steps)
+
+    train_log = None
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump({**config.to_dict(), "total_steps": steps,
+                                           "world_size": dist_info.world_size}, sort_keys=False))
+        train_log = TrainLog(out / "train_log.csv", state.step if checkpoint is not None else None)
+
+    model: nn.Module = state.model
+    target_encoder: nn.Module = state.target_encoder
+    if dist_info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    if config.compile:
+        model, target_encoder = torch.compile(model), torch.compile(target_encoder)
+
+    bar = tqdm(total=stop, initial=state.step, disable=not (progress and dist_info.is_main), unit="step",
+               dynamic_ncols=True)
+    interval_loss = torch.zeros((), dtype=torch.float64, device=device)
+    interval_start = time.perf_counter()
+    row: dict = {}
+
+    def save() -> None:
+        if dist_info.is_main:
+            state.interval_loss += float(interval_loss)
+            interval_loss.zero_()
+            save_checkpoint(last, checkpoint_dict(state, config, dist_info.world_size))
+
+    try:
+        with loader.prefetch(state.cursor, depth=config.prefetch) as batches:
+            while state.step < stop:
+                batch = next(batches)
+                step = state.step
+                lr = lr_at(step, steps, config.lr, config.final_lr, warmup)
+                momentum = momentum_at(step, steps, config.ema_start, config.ema_end)
+                set_lr(state.optimizer, lr)
+                target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
+                                             mask_generator(config.seed, dist_info.rank, step))
+                inputs = to_inputs(batch, config.transform, device)
+                target_mask = target_mask.to(device, non_blocking=True)
+
+                # 1. forward target (no gradient)  2. forward context + predictor  3. L2 loss
+                with _autocast(device):
+                    result = jepa_forward(model, target_encoder, inputs, target_mask, config.context_sees_targets)
+                # 4. backward, clip, step
+                state.optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                if config.clip_grad > 0:
+                    nn.utils.clip_grad_norm_(state.model.parameters(), config.clip_grad)
+                state.optimizer.step()
+                # 5. momentum (EMA) update of the target encoder
+                ema_update(state.target_encoder, state.model.context_encoder, momentum)
+
+                state.step, state.cursor = step + 1, batch.cursor
+                interval_loss += result.loss.detach()
+                state.interval_steps += 1
+                bar.update(1)
+
+                if state.step % config.log_every == 0 or state.step == steps:
+                    mean_loss = (state.interval_loss + float(interval_loss)) / state.interval_steps
+                    row = _log_row(state, config, dist_info, result, mean_loss, interval_start, lr, momentum)
+                    validate = val_shards is not None and (
+                        (config.val_every and state.step % config.val_every == 0) or state.step == steps)
+                    if validate:
+                        row["val_loss"] = mean_over_ranks(validation_loss(state, config, val_shards, device),
+                                                          dist_info)
+                    if train_log is not None:
+                        train_log.write(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", jets_s=f"{row['jets_per_s']:.0f}")
+                    interval_loss.zero_()
+                    state.interval_loss, state.interval_steps = 0.0, 0
+                    interval_start = time.perf_counter()
+                if state.step % config.checkpoint_every == 0 and state.step < stop:
+                    save()
+    except KeyboardInterrupt:
+        save()
+        log.warning("interrupted at step %d; checkpoint saved, continue with --resume", state.step)
+        raise
+    finally:
+        bar.close()
+    save()
+    if state.step < steps:
+        log.info("stopped at step %d of %d (--stop-after); continue with --resume", state.step, steps)
+        return {"step": state.step, "total_steps": steps, "stopped": True}
+    metrics = {"step": state.step, "total_steps": steps, **{k: row.get(k) for k in LOG_COLUMNS[2:]}}
+    if dist_info.is_main:
+        write_json_atomic(out / "metrics.json", metrics)
+        log.info("pretraining done: %d steps, loss %.4g", state.step, metrics["loss"])
+    return metrics
+
+
+def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, result, mean_loss: float,
+             interval_start: float, lr: float, momentum: float) -> dict:
+    """One ``train_log.csv`` row, with the collapse diagnostics of the last batch; warns on collapse."""
+    loss = mean_over_ranks(mean_loss, dist_info)
+    elapsed = time.perf_counter() - interval_start
+    reps = jet_representation(result.target_reps.float(), result.subjet_mask)
+    std, rank = representation_std(reps), effective_rank(reps)
+    if std < config.collapse_std or rank < config.collapse_rank:
+        log.warning("step %d: the target representation may be collapsing (std %.3g, effective rank %.3g); "
+                    "check the EMA schedule (ema_start) and the learning rate", state.step, std, rank)
+    return {"step": state.step, "epoch": state.cursor.epoch, "loss": loss, "lr": lr, "momentum": momentum,
+            "jets_per_s": state.interval_steps * config.batch_size * dist_info.world_size / elapsed,
+            "target_std": std, "target_rank": rank}

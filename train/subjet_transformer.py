@@ -1,0 +1,51 @@
+"""The subjet transformer: the J-JEPA encoder (context and target encoders share this architecture).
+
+Each subjet is one token, embedded from its constituents (``jjepa.train.embedding``); pre-norm
+transformer blocks mix the tokens of a jet, attending only to real subjets (and, for an I-JEPA style
+context encoder, only to the context subjets). No positional encoding is added: the constituents'
+(Δη, sin(Δφ/2)) relative to the jet axis already tell each token where it sits.
+"""
+
+from __future__ import annotations
+
+import torch
+from jjepa.train.blocks import Block, attention_mask
+from jjepa.train.config import ModelConfig
+from jjepa.train.embedding import build_embedding
+from jjepa.train.transform import ModelInputs
+from torch import nn
+
+
+class SubjetTransformer(nn.Module):
+    """(B, S, N, 4) constituents → (B, S, D) subjet representations; 0 at slots not attended to."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embedding = build_embedding(config)
+        self.blocks = nn.ModuleList(Block(config.embed_dim, config.n_heads, config.mlp_ratio)
+                                    for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.embed_dim)
+
+    def forward(self, inputs: ModelInputs, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode a batch.
+
+        Args:
+            inputs: the transformed batch.
+            visible: (B, S) bool, the subjets this encoder may see; default all real subjets.
+                Must be a subset of ``inputs.subjet_mask``.
+
+        Returns:
+            (B, S, D) representations, exactly 0 where ``visible`` is false.
+        """
+        visible = inputs.subjet_mask if visible is None else visible
+        x = self.embedding(inputs.particles, inputs.particle_mask)
+        mask = attention_mask(visible)
+        for block in self.blocks:
+            x = block(x, mask)
+        return torch.where(visible.unsqueeze(-1), self.norm(x), 0.0)
+
+
+def jet_representation(subjet_reps: torch.Tensor, subjet_mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, D) subjet representations → (B, D) jet representation: the mean over real subjets."""
+    weights = subjet_mask.to(subjet_reps.dtype).unsqueeze(-1)
+    return (subjet_reps * weights).sum(1) / weights.sum(1).clamp_min(1.0)
