@@ -253,6 +253,15 @@ def resolve_pretrain_config(*layers: dict) -> PretrainConfig:
         ConfigError: an unknown key (the message lists the valid ones), a value of the wrong type, or
             values that the dataclasses reject.
     """
+    return _resolve(PretrainConfig, layers)
+
+
+def _resolve(cls, layers: tuple[dict, ...]):
+    """Merge ``layers`` into ``cls`` (``PretrainConfig`` or ``FinetuneConfig``), sections included.
+
+    The ``model`` section starts from ``PRESETS[preset]``; a config class whose ``preset`` may be None
+    (finetuning, where the architecture usually comes from the checkpoint) then has no model section.
+    """
     merged: dict = {}
     for layer in layers:
         for key, value in _nest(layer).items():
@@ -264,18 +273,23 @@ def resolve_pretrain_config(*layers: dict) -> PretrainConfig:
     transform = merged.pop("transform", {}) or {}
     if not isinstance(model, dict) or not isinstance(transform, dict):
         raise ConfigError("model and transform are sections: give them as mappings or dotted keys")
-    preset = str(merged.get("preset", PretrainConfig.preset))
-    if preset not in PRESETS:
+    default_preset = next(f.default for f in fields(cls) if f.name == "preset")
+    preset = merged.get("preset", default_preset)
+    if preset is not None and str(preset) not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; presets: {list(PRESETS)}")
-    top_fields = [f.name for f in fields(PretrainConfig)]
+    if preset is None and model:
+        raise ConfigError(f"model.{sorted(model)[0]} needs a preset to start from (--preset); "
+                          "otherwise the architecture comes from the checkpoint")
+    top_fields = [f.name for f in fields(cls)]
     unknown = sorted(set(merged) - set(top_fields))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}; valid keys: {top_fields}")
     try:
-        resolved_model = _build(ModelConfig, PRESETS[preset], model, "model.")
-        resolved_transform = _build(InputTransform, InputTransform(), transform, "transform.")
-        values = {k: _coerce(v, _type_of(PretrainConfig, k), k) for k, v in merged.items()}
-        return PretrainConfig(**values, model=resolved_model, transform=resolved_transform)
+        sections = {"transform": _build(InputTransform, InputTransform(), transform, "transform.")}
+        if preset is not None:
+            sections["model"] = _build(ModelConfig, PRESETS[str(preset)], model, "model.")
+        values = {k: _coerce(v, _type_of(cls, k), k) for k, v in merged.items()}
+        return cls(**values, **sections)
     except TypeError as err:
         raise ConfigError(str(err)) from None
 
@@ -286,3 +300,105 @@ def config_from_dict(obj: dict) -> PretrainConfig:
     model = ModelConfig(**obj.pop("model"))
     transform = InputTransform(**obj.pop("transform"))
     return PretrainConfig(**obj, model=model, transform=transform)
+
+
+MODES: tuple[str, ...] = ("finetune", "freeze", "scratch")
+AGGREGATIONS: tuple[str, ...] = ("flatten", "cls_attn")
+ENCODERS: tuple[str, ...] = ("target", "context")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One finetuning run: a head on the (pretrained) subjet transformer, trained on labelled jets.
+
+    Attributes:
+        train, val, test: shard folders; only ``train`` is reduced by the label fraction.
+        out: run folder: ``config.yaml``, ``train_log.csv``, ``metrics.json``, ``roc.csv``, ``roc.png``,
+            ``checkpoints/best.pt``.
+        checkpoint: a pretraining checkpoint; its stored model config and input transform are used.
+        mode: ``finetune`` (all weights train), ``freeze`` (linear probe: the encoder is fixed and in
+            eval mode) or ``scratch`` (same architecture, random initialisation, nothing loaded).
+        preset: for ``scratch``, the architecture (else the checkpoint's); not allowed with weights.
+        model: the preset's hyperparameters with overrides (``model.depth=…``), when ``preset`` is set.
+        transform: input transform; the checkpoint's is used when one is given.
+        encoder: which pretrained encoder to start from, ``target`` (the EMA, default) or ``context``.
+        aggregation: subjet representations → jet: ``flatten`` (the paper's) or ``cls_attn`` (two
+            class-attention blocks).
+        label_fraction: share of the training jets used, class-stratified and seeded.
+        n_labels: number of training jets used instead (stratified); at most one of the two.
+        epochs: passes over the (reduced) training set; at least ``min_steps`` steps are taken.
+        min_steps: lower bound on the steps, so tiny label sets still train.
+        batch_size: jets per step.
+        lr: peak learning rate of the head; the encoder's is ``lr × encoder_lr_scale``.
+        encoder_lr_scale: encoder learning rate relative to the head's (``finetune`` mode).
+        final_lr: learning rate at the last step (cosine).
+        warmup_fraction: linear warmup share of the steps.
+        weight_decay: AdamW weight decay (not on biases, norms, tokens).
+        eval_every: steps between validations (None: once per epoch, at least every 25 steps).
+        patience: stop after this many validations without a better validation loss.
+        val_batches: batches per validation (None: the whole validation set).
+        block_size: jets per contiguous block of the shuffled order.
+        prefetch: batches the loader thread keeps ready.
+        seed: seeds the label subset, the head's initialisation and the reading order.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    out: str | None = None
+    checkpoint: str | None = None
+    mode: str = "finetune"
+    preset: str | None = None
+    model: ModelConfig | None = None
+    transform: InputTransform = field(default_factory=InputTransform)
+    encoder: str = "target"
+    aggregation: str = "flatten"
+    label_fraction: float | None = None
+    n_labels: int | None = None
+    epochs: float = 20.0
+    min_steps: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    encoder_lr_scale: float = 0.1
+    final_lr: float = 1e-6
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    eval_every: int | None = None
+    patience: int = 5
+    val_batches: int | None = None
+    block_size: int = 64
+    prefetch: int = 4
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        for name, value, allowed in (("mode", self.mode, MODES), ("aggregation", self.aggregation, AGGREGATIONS),
+                                     ("encoder", self.encoder, ENCODERS), ("device", self.device, DEVICES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, not {value!r}")
+        if self.label_fraction is not None and self.n_labels is not None:
+            raise ConfigError("set at most one of label_fraction and n_labels")
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
+        if self.n_labels is not None and self.n_labels < 1:
+            raise ConfigError(f"n_labels must be positive, not {self.n_labels}")
+        for name in ("epochs", "batch_size", "block_size", "prefetch", "patience"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.mode != "scratch" and self.checkpoint is None:
+            raise ConfigError(f"mode {self.mode} needs --checkpoint (a pretraining checkpoint); "
+                              "use --mode scratch --preset NAME to train without one")
+        if self.mode == "scratch" and self.checkpoint is None and self.preset is None:
+            raise ConfigError("mode scratch needs --preset, or --checkpoint to copy its architecture")
+        if self.mode != "scratch" and self.preset is not None:
+            raise ConfigError(f"mode {self.mode} takes its architecture from the checkpoint; drop --preset")
+
+    def to_dict(self) -> dict:
+        """The config as plain YAML/JSON-able values (nested sections as mappings)."""
+        return dataclasses.asdict(self)
+
+
+def resolve_finetune_config(*layers: dict) -> FinetuneConfig:
+    """Merge layers (YAML ``finetune:`` section, CLI options, ``--set`` pairs) into a checked ``FinetuneConfig``."""
+    return _resolve(FinetuneConfig, layers)

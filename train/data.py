@@ -14,6 +14,7 @@ boundaries (every batch is full and every rank takes the same number of steps); 
 
 from __future__ import annotations
 
+import copy
 import os
 import queue
 import threading
@@ -64,10 +65,13 @@ class JetBatch:
 
 
 class ShardSet:
-    """Every shard of a folder's manifest, memory-mapped.
+    """Every shard of a folder's manifest, memory-mapped; optionally only selected jets of each.
 
     Args:
         folder: a shard folder with ``manifest.json`` (the output of ``jjepa-preprocess cluster``).
+
+    ``index`` is None (every jet) or, per shard, the sorted positions of the selected jets (see
+    ``select``); ``lengths`` counts the selected jets, and the loader's positions run over them.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -77,9 +81,25 @@ class ShardSet:
             raise ShardError(f"{folder}: the manifest lists no shards")
         self.maps = [open_memmaps(self.folder / record.file) for record in self.manifest.shards]
         self.lengths = np.array([m["labels"].shape[0] for m in self.maps], dtype=np.int64)
+        self.index: list[np.ndarray] | None = None
         for record, length in zip(self.manifest.shards, self.lengths, strict=True):
             if record.n_jets != length:
                 raise ShardError(f"{self.folder / record.file}: {length} jets, the manifest says {record.n_jets}")
+
+    def select(self, index: list[np.ndarray]) -> ShardSet:
+        """A view of these shards holding only the jets at ``index`` (per shard, sorted int64 positions)."""
+        if len(index) != len(self.maps):
+            raise ValueError(f"need one index array per shard ({len(self.maps)}), got {len(index)}")
+        view = copy.copy(self)
+        view.index = [np.asarray(i, dtype=np.int64) for i in index]
+        view.lengths = np.array([len(i) for i in view.index], dtype=np.int64)
+        return view
+
+    def labels(self) -> list[np.ndarray]:
+        """Per shard, the labels (int64) of the selected jets."""
+        if self.index is None:
+            return [np.asarray(m["labels"]) for m in self.maps]
+        return [np.asarray(m["labels"])[i] for m, i in zip(self.maps, self.index, strict=True)]
 
     @property
     def n_jets(self) -> int:
@@ -183,7 +203,8 @@ class ShardLoader:
         return rank_share(blocks, self.rank, self.world_size)
 
     def _gather(self, segments: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Copy the jets of ``segments`` into new (pinned) tensors: one slice copy per segment and field."""
+        """Copy the jets of ``segments`` into new (pinned) tensors: one slice copy per segment and field
+        (a gather of the selected rows for a ``ShardSet.select`` view)."""
         n = sum(int(s[2] - s[1]) for s in segments)
         maps = self.shards.maps
         out = {}
@@ -192,8 +213,10 @@ class ShardLoader:
                                  pin_memory=self.pin_memory)
             target = tensor.numpy()
             at = 0
+            index = self.shards.index
             for shard, start, stop in segments:
-                target[at:at + stop - start] = maps[shard][name][start:stop]
+                rows = slice(start, stop) if index is None else index[shard][start:stop]
+                target[at:at + stop - start] = maps[shard][name][rows]
                 at += stop - start
             out[name] = tensor
         return out

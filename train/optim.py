@@ -8,14 +8,20 @@ import torch
 from torch import nn
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases, LayerNorm weights and learned tokens (every parameter with < 2 dims) get no decay."""
+def param_groups(module: nn.Module, weight_decay: float, lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups of ``module``'s trainable parameters: decayed weights, and biases, LayerNorm weights
+    and learned tokens (every parameter with < 2 dims or a leading dim of 1) without decay."""
     decay, no_decay = [], []
-    for param in model.parameters():
+    for param in module.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 and param.shape[0] > 1 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": lr_scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": lr_scale}]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``model`` with the exemptions of ``param_groups``."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr)
 
 
 def lr_at(step: int, total_steps: int, peak: float, final: float, warmup_steps: int) -> float:

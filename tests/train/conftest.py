@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from jjepa.train.synthetic import write_toy_shards
@@ -36,26 +37,51 @@ def toy_val(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def simulated_shards(tmp_path_factory, simulated_jets):
-    """The session's 2,000 Pythia jets reclustered (CA R=0.2, S=10, N=12) into 2 shards: top, then QCD."""
+def simulated_splits(tmp_path_factory, simulated_jets):
+    """The session's 2,000 Pythia jets reclustered (CA R=0.2, S=10, N=12) into train/val/test shard folders.
+
+    Train holds 600 top and 600 QCD jets (one shard per class, as real inputs come one file per
+    process), val and test 200 of each.
+    """
     from jjepa.common.schema import ClusterConfig, ShardAttrs
     from jjepa.common.shards import Manifest, record_for, shard_name, write_manifest, write_shard
     from jjepa.preprocess.cluster import cluster
     from jjepa.preprocess.features import build_features
 
-    folder = tmp_path_factory.mktemp("simulated-shards")
     config = ClusterConfig(n_subjets=S, n_particles=N)
     classes = ("QCD", "top")
     jets = simulated_jets
     assign, n_subjets = cluster(jets.px, jets.py, jets.pz, jets.energy, jets.offsets)
     arrays = build_features(jets.px, jets.py, jets.pz, jets.energy, jets.offsets, assign, n_subjets,
                             jets.labels, config)
-    manifest = Manifest(cluster=config, classes=classes)
-    for k, label in enumerate((1, 0)):
-        part = arrays.take(arrays.labels == label)
-        path = folder / shard_name(k)
-        source = {"generator": "pythia8", "label": label}
-        write_shard(path, part, ShardAttrs(cluster=config, classes=classes, source=source))
-        manifest.shards.append(record_for(path, part.labels, classes, source))
-    write_manifest(folder, manifest)
-    return folder
+    folders = {}
+    for split, (lo, hi) in {"train": (0, 600), "val": (600, 800), "test": (800, 1000)}.items():
+        folder = folders[split] = tmp_path_factory.mktemp(f"simulated-{split}")
+        manifest = Manifest(cluster=config, classes=classes)
+        for k, label in enumerate((1, 0)):
+            part = arrays.take(np.flatnonzero(arrays.labels == label)[lo:hi])
+            path = folder / shard_name(k)
+            source = {"generator": "pythia8", "label": label, "jets": [lo, hi]}
+            write_shard(path, part, ShardAttrs(cluster=config, classes=classes, source=source))
+            manifest.shards.append(record_for(path, part.labels, classes, source))
+        write_manifest(folder, manifest)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def simulated_shards(simulated_splits):
+    """The training split of ``simulated_splits``."""
+    return simulated_splits["train"]
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, simulated_splits):
+    """A pretraining checkpoint of the tiny preset, 30 steps on the simulated training jets."""
+    from jjepa.train.config import resolve_pretrain_config
+    from jjepa.train.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    pretrain(resolve_pretrain_config({"data": str(simulated_splits["train"]), "out": str(out), "preset": "tiny",
+                                      "steps": 30, "batch_size": 64, "log_every": 10, "device": "cpu",
+                                      "prefetch": 2}), progress=False)
+    return out / "checkpoints" / "last.pt"

@@ -1,0 +1,179 @@
+"""Finetuning, label subsets, the scan and embeddings: honest metrics on held-out jets."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from jjepa.common.errors import JJepaError
+from jjepa.common.shards import read_shard
+from jjepa.train import scan as scan_module
+from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.cli import main as cli
+from jjepa.train.config import ConfigError, config_from_dict, resolve_finetune_config
+from jjepa.train.data import ShardSet
+from jjepa.train.finetune import finetune
+from jjepa.train.scan import scan
+from jjepa.train.subjet_transformer import SubjetTransformer, jet_representation
+from jjepa.train.subsets import stratified_subset
+
+
+def config_for(splits, out, checkpoint=None, **kw):
+    base = {"train": str(splits["train"]), "val": str(splits["val"]), "test": str(splits["test"]),
+            "out": str(out), "checkpoint": None if checkpoint is None else str(checkpoint), "batch_size": 64,
+            "epochs": 1, "min_steps": 10, "eval_every": 5, "device": "cpu", "prefetch": 2}
+    return resolve_finetune_config({**base, **kw})
+
+
+# --- label subsets ---------------------------------------------------------------------------------
+
+def test_stratified_subset_is_seeded_and_keeps_class_shares():
+    labels = [np.array([0] * 700 + [1] * 300), np.array([1] * 500 + [2] * 10)]
+    chosen = stratified_subset(labels, seed=3, fraction=0.1)
+    again = stratified_subset(labels, seed=3, fraction=0.1)
+    other = stratified_subset(labels, seed=4, fraction=0.1)
+    assert all(np.array_equal(a, b) for a, b in zip(chosen, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(chosen, other, strict=True))
+    picked = np.concatenate([lab[idx] for lab, idx in zip(labels, chosen, strict=True)])
+    assert np.bincount(picked).tolist() == [70, 80, 1]  # round(0.1 n) per class, at least one
+    assert all(np.all(np.diff(idx) > 0) for idx in chosen)
+    by_count = stratified_subset(labels, seed=0, n_labels=151)
+    assert sum(len(i) for i in by_count) == pytest.approx(151, abs=2)
+
+
+def test_unlabelled_training_jets_are_refused():
+    with pytest.raises(JJepaError, match="unlabelled"):
+        stratified_subset([np.array([0, 1, -1])], seed=0, fraction=0.5)
+
+
+# --- finetuning ------------------------------------------------------------------------------------
+
+def test_short_finetune_on_simulated_jets_separates_top_from_qcd(simulated_splits, pretrained, tmp_path):
+    config = config_for(simulated_splits, tmp_path / "ft", pretrained, epochs=8, eval_every=10, lr=2e-3,
+                        encoder_lr_scale=1.0)
+    metrics = finetune(config, progress=False)
+    assert metrics["auc"] > 0.8, metrics
+    assert metrics["n_test"] == 400 and metrics["n_train_labels"] == 1200
+    assert {"accuracy", "rej_at_50", "rej_at_30", "mode", "seed", "label_fraction"} <= set(metrics)
+    saved = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert saved["auc"] == metrics["auc"]
+    with open(tmp_path / "ft" / "roc.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) > 10
+    assert (tmp_path / "ft" / "roc.png").stat().st_size > 0
+
+
+def test_label_fraction_reduces_training_only(simulated_splits, pretrained, tmp_path):
+    metrics = finetune(config_for(simulated_splits, tmp_path / "ft", pretrained, label_fraction=0.05,
+                                  mode="freeze"), progress=False)
+    assert metrics["n_train_labels"] == 60 and metrics["label_fraction"] == pytest.approx(0.05)
+    assert metrics["n_test"] == 400
+
+
+def test_freeze_leaves_the_encoder_bit_for_bit_unchanged(simulated_splits, pretrained, tmp_path):
+    finetune(config_for(simulated_splits, tmp_path / "probe", pretrained, mode="freeze", lr=0.05), progress=False)
+    classifier = load_checkpoint(tmp_path / "probe" / "checkpoints" / "best.pt")["classifier"]
+    encoder = load_checkpoint(pretrained)["target_encoder"]
+    for name, value in encoder.items():
+        assert torch.equal(classifier[f"encoder.{name}"], value), name
+
+
+def test_finetune_mode_moves_the_encoder_and_can_start_from_the_context_encoder(simulated_splits, pretrained,
+                                                                               tmp_path):
+    finetune(config_for(simulated_splits, tmp_path / "ft", pretrained, encoder="context", encoder_lr_scale=1.0),
+             progress=False)
+    classifier = load_checkpoint(tmp_path / "ft" / "checkpoints" / "best.pt")["classifier"]
+    context = load_checkpoint(pretrained)["model"]
+    changed = [n for n, v in context.items() if n.startswith("context_encoder.")
+               and not torch.equal(classifier[n.replace("context_encoder.", "encoder.")], v)]
+    assert changed, "finetune mode must train the encoder"
+
+
+def test_scratch_loads_nothing(simulated_splits, pretrained, tmp_path, monkeypatch):
+    from jjepa.train import finetune as finetune_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scratch mode loaded weights")
+
+    monkeypatch.setattr(finetune_module, "load_encoder", refuse)
+    metrics = finetune(config_for(simulated_splits, tmp_path / "scratch", pretrained, mode="scratch"), progress=False)
+    assert metrics["mode"] == "scratch"
+    stored = load_checkpoint(tmp_path / "scratch" / "checkpoints" / "best.pt")["config"]["model"]
+    assert stored == load_checkpoint(pretrained)["config"]["model"]
+    with_preset = finetune(config_for(simulated_splits, tmp_path / "preset", mode="scratch", preset="tiny",
+                                      **{"model.depth": 1}), progress=False)
+    assert with_preset["mode"] == "scratch"
+
+
+def test_finetune_configuration_errors(simulated_splits, pretrained, tmp_path):
+    with pytest.raises(ConfigError, match="needs --checkpoint"):
+        config_for(simulated_splits, tmp_path, mode="finetune")
+    with pytest.raises(ConfigError, match="drop --preset"):
+        config_for(simulated_splits, tmp_path, pretrained, mode="freeze", preset="tiny")
+    with pytest.raises(ConfigError, match="at most one"):
+        config_for(simulated_splits, tmp_path, pretrained, label_fraction=0.1, n_labels=10)
+    broken = load_checkpoint(pretrained)
+    broken["target_encoder"] = {k: v for k, v in broken["target_encoder"].items() if "blocks.0." not in k}
+    save_checkpoint(tmp_path / "broken.pt", {k: v for k, v in broken.items() if k != "format"})
+    with pytest.raises(JJepaError, match="missing from the checkpoint"):
+        finetune(config_for(simulated_splits, tmp_path / "x", tmp_path / "broken.pt"), progress=False)
+
+
+# --- scan and embed --------------------------------------------------------------------------------
+
+def test_scan_writes_the_grid_and_skips_finished_cells(simulated_splits, pretrained, tmp_path, monkeypatch):
+    base = config_for(simulated_splits, tmp_path / "unused", pretrained)
+    rows = scan(base, [0.05, 1.0], ["freeze", "scratch"], [0, 1], tmp_path / "scan", progress=False)
+    assert len(rows) == 8
+    with open(tmp_path / "scan" / "scan.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert {(r["mode"], r["label_fraction"], r["seed"]) for r in table} == {
+        (m, f, s) for m in ("freeze", "scratch") for f in ("0.05", "1.0") for s in ("0", "1")}
+    assert "± " in (tmp_path / "scan" / "summary.md").read_text()
+    assert (tmp_path / "scan" / "rejection_vs_labels.png").stat().st_size > 0
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished cell was run again")
+
+    monkeypatch.setattr(scan_module, "finetune", refuse)
+    again = scan(base, [0.05, 1.0], ["freeze", "scratch"], [0, 1], tmp_path / "scan", progress=False)
+    assert again == rows
+
+
+def test_embed_rows_follow_the_input_jets(simulated_splits, pretrained, tmp_path):
+    out = tmp_path / "emb.h5"
+    result = CliRunner().invoke(cli, ["embed", "--data", str(simulated_splits["test"]), "--checkpoint",
+                                      str(pretrained), "--out", str(out), "--batch-size", "64", "--device", "cpu",
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    state = load_checkpoint(pretrained)
+    config = config_from_dict(state["config"])
+    shards = ShardSet(simulated_splits["test"])
+    arrays = [read_shard(shards.folder / r.file) for r in shards.manifest.shards]
+    encoder = SubjetTransformer(config.model).eval()
+    encoder.load_state_dict(state["target_encoder"])
+    with h5py.File(out) as f:
+        embeddings, labels = f["embeddings"][...], f["labels"][...]
+    assert embeddings.shape == (400, config.model.embed_dim)
+    assert labels.tolist() == np.concatenate([a.labels for a in arrays]).tolist()
+    first = arrays[0].take(slice(0, 5))
+    inputs = config.transform(*(torch.from_numpy(np.ascontiguousarray(getattr(first, k)))
+                                for k in ("particles", "particle_mask", "subjets", "subjet_mask")))
+    with torch.no_grad():
+        expected = jet_representation(encoder(inputs), inputs.subjet_mask)
+    np.testing.assert_allclose(embeddings[:5], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_finetune_reports_metrics(simulated_splits, pretrained, tmp_path):
+    args = ["finetune", "--train", str(simulated_splits["train"]), "--val", str(simulated_splits["val"]),
+            "--test", str(simulated_splits["test"]), "--checkpoint", str(pretrained), "--mode", "freeze",
+            "--n-labels", "100", "--out", str(tmp_path / "ft"), "--device", "cpu", "--batch-size", "50",
+            "--set", "min_steps=5", "--set", "epochs=1", "--aggregation", "cls_attn", "--no-progress"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics["n_train_labels"] == 100 and metrics["aggregation"] == "cls_attn"

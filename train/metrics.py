@@ -1,0 +1,422 @@
+"""Jet-tagging figures of merit, computed the way the jet-tagging literature reports them.
+
+A finetuned tagger is compared with ParticleNet, ParT and the Top Tagging reference through four
+numbers: the accuracy, the ROC AUC, and the background rejection 1/εB at a signal efficiency εS of
+0.5 and 0.3 (``rej_at_50``, ``rej_at_30``). The ROC comes from scikit-learn (``roc_curve`` with
+``drop_intermediate=False``, ``roc_auc_score``); only the read-out of εB at a given εS is done here:
+
+* the ROC is the piecewise-linear path through sklearn's points (εS = tpr, εB = fpr), and εB at εS
+  is linearly interpolated between the two neighbouring points (``np.interp`` on that segment);
+* where the path is vertical at exactly that εS (several points share the tpr: tied scores or
+  only background between two thresholds), the lowest εB is taken, the best working point there;
+* where εB is 0 the rejection is ``inf`` (a float). Strict JSON has no infinity, so
+  :func:`json_safe` turns non-finite values into the strings ``"inf"``, ``"-inf"`` and ``"nan"``
+  before ``metrics.json`` is written: ``dvc metrics show`` displays them as ``inf``, and
+  ``float("inf")`` reads them back (JSON ``null`` would be dropped from that table, and Python's
+  bare ``Infinity`` is rejected by every strict JSON reader).
+
+With more than two classes (JetClass) the ParT paper's per-class rejection is used: for every
+signal class X, only the jets of class X or of the background class are kept and ranked by
+p_X / (p_X + p_bkg). The background class is the one named ``QCD`` (any case), else class 0.
+
+Figures use mplhep's CMS style (scoped with ``matplotlib.rc_context``, never set globally) and the
+Agg canvas directly, so importing or calling this module never switches a user's backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from jjepa.common.atomic import atomic_path
+from sklearn.metrics import accuracy_score, roc_auc_score, roc_curve
+
+#: The signal efficiencies at which background rejection is reported, by metric name suffix.
+WORKING_POINTS: dict[str, float] = {"50": 0.5, "30": 0.3}
+
+#: Columns of ``roc.csv``.
+ROC_COLUMNS: tuple[str, ...] = ("signal_efficiency", "background_efficiency", "background_rejection")
+
+#: The default background class name (matched case-insensitively).
+BACKGROUND_NAME = "QCD"
+
+#: The mplhep style used for every figure.
+_STYLE = "CMS"
+_FALLBACK_FONT = "DejaVu Sans"
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures of merit
+# --------------------------------------------------------------------------------------------------
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every point of the ROC: ``(tpr, fpr)``, i.e. (εS, εB), both (K,) non-decreasing, from (0, 0) to (1, 1).
+
+    Args:
+        labels: (J,) int in {0, 1}, 1 for signal; both classes must be present.
+        scores: (J,) float, higher means more signal-like.
+    """
+    labels, scores = _check_binary(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return tpr, fpr
+
+
+def background_efficiency_at(tpr: np.ndarray, fpr: np.ndarray, signal_efficiency: float) -> float:
+    """εB at ``signal_efficiency`` on the ROC path through the points (tpr, fpr), both (K,) non-decreasing.
+
+    Linear interpolation between the last point below and the first point at or above the requested
+    εS; when points lie exactly at it (a vertical stretch of the path), the lowest of their εB.
+    """
+    if not 0.0 <= signal_efficiency <= 1.0:
+        raise ValueError(f"signal efficiency {signal_efficiency} is outside [0, 1]")
+    above = int(np.searchsorted(tpr, signal_efficiency, side="left"))  # first point with tpr >= εS
+    if above == len(tpr):
+        raise ValueError(f"the ROC never reaches a signal efficiency of {signal_efficiency}")
+    if tpr[above] == signal_efficiency or above == 0:
+        return float(fpr[above])
+    below = above - 1  # last point with tpr < εS: the start of the segment that crosses εS
+    return float(np.interp(signal_efficiency, tpr[below:above + 1], fpr[below:above + 1]))
+
+
+def background_rejection(labels: np.ndarray, scores: np.ndarray, signal_efficiency: float) -> float:
+    """1/εB at ``signal_efficiency`` (see :func:`background_efficiency_at`); ``inf`` where εB is 0.
+
+    Args:
+        labels: (J,) int in {0, 1}, 1 for signal.
+        scores: (J,) float signal score.
+        signal_efficiency: εS in [0, 1], e.g. 0.5.
+    """
+    tpr, fpr = roc_points(labels, scores)
+    return _rejection(background_efficiency_at(tpr, fpr, signal_efficiency))
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, AUC and background rejection at εS = 0.5 and 0.3 of a signal-vs-background tagger.
+
+    Args:
+        labels: (J,) int in {0, 1}, 1 for signal; both classes must be present.
+        scores: either (J,) float, the signal score (a probability: the jet is called signal when
+            its score is above ``threshold``), or (J, 2) float, the probabilities of (background,
+            signal): the accuracy then uses the argmax and the ranking uses column 1.
+        threshold: the signal-score cut of the accuracy (ignored for (J, 2) probabilities).
+
+    Returns:
+        ``accuracy``, ``auc``, ``rej_at_50``, ``rej_at_30`` as Python floats; a rejection is
+        ``inf`` where εB is 0 at that εS (pass the dict through :func:`json_safe` before JSON).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 2:
+        if scores.shape[1] != 2:
+            raise ValueError(f"binary probabilities must be (J, 2), got {scores.shape}")
+        predicted = scores.argmax(axis=1)
+        scores = scores[:, 1]
+    else:
+        predicted = (scores > threshold).astype(np.int64)
+    labels, scores = _check_binary(labels, scores)
+    tpr, fpr = roc_points(labels, scores)
+    metrics = {"accuracy": float(accuracy_score(labels, predicted)),
+               "auc": float(roc_auc_score(labels, scores))}
+    for suffix, efficiency in WORKING_POINTS.items():
+        metrics[f"rej_at_{suffix}"] = _rejection(background_efficiency_at(tpr, fpr, efficiency))
+    return metrics
+
+
+def background_index(classes: Sequence[str], background: str | None = None) -> int:
+    """The index of the background class: ``background`` if given, else ``QCD``, else 0 (names match in any case).
+
+    Raises:
+        ValueError: ``background`` is given and is not one of ``classes``.
+    """
+    lowered = [str(name).lower() for name in classes]
+    if background is not None:
+        if background.lower() not in lowered:
+            raise ValueError(f"background class {background!r} is not one of {list(classes)}")
+        return lowered.index(background.lower())
+    return lowered.index(BACKGROUND_NAME.lower()) if BACKGROUND_NAME.lower() in lowered else 0
+
+
+def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
+                       background: str | None = None) -> dict[str, float]:
+    """Accuracy, macro AUC and the ParT per-class rejections of a C-class tagger.
+
+    Args:
+        labels: (J,) int in [0, C); every class must be present.
+        probs: (J, C) float softmax probabilities (rows sum to 1).
+        classes: the C class names, in label order.
+        background: the background class name (any case); ``None``: ``QCD`` if present, else class 0.
+
+    Returns:
+        ``accuracy`` (argmax), ``auc`` (macro one-vs-rest), and for every other class X
+        ``rej_at_50_<X>`` and ``rej_at_30_<X>``: 1/εB on the jets of X or the background ranked by
+        p_X / (p_X + p_bkg). With C == 2 also the plain ``rej_at_50`` and ``rej_at_30`` of that pair.
+    """
+    labels, probs = _check_multiclass(labels, probs, classes)
+    bkg = background_index(classes, background)
+    metrics = {"accuracy": float(accuracy_score(labels, probs.argmax(axis=1))),
+               "auc": float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
+                                          labels=np.arange(len(classes))))}
+    for signal, name in enumerate(classes):
+        if signal == bkg:
+            continue
+        keep = (labels == signal) | (labels == bkg)
+        score = _pair_score(probs[keep, signal], probs[keep, bkg])
+        tpr, fpr = roc_points((labels[keep] == signal).astype(np.int64), score)
+        for suffix, efficiency in WORKING_POINTS.items():
+            rejection = _rejection(background_efficiency_at(tpr, fpr, efficiency))
+            metrics[f"rej_at_{suffix}_{name}"] = rejection
+            if len(classes) == 2:
+                metrics[f"rej_at_{suffix}"] = rejection
+    return metrics
+
+
+def tagging_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """The test-set figures of a tagger, dispatched on the number of classes.
+
+    Args:
+        labels: (J,) int in [0, C).
+        probs: (J, C) float softmax probabilities.
+        classes: the C class names; the background is ``QCD`` (any case) when present, else class 0.
+
+    Returns:
+        C == 2: :func:`binary_metrics` with the other class as signal (score: its probability;
+        accuracy: argmax). C > 2: :func:`multiclass_metrics`. Rejections may be ``inf``.
+    """
+    labels, probs = _check_multiclass(labels, probs, classes)
+    if len(classes) > 2:
+        return multiclass_metrics(labels, probs, classes)
+    bkg = background_index(classes)
+    signal = 1 - bkg
+    return binary_metrics((labels == signal).astype(np.int64), probs[:, [bkg, signal]])
+
+
+def json_safe(metrics: Mapping[str, object]) -> dict[str, object]:
+    """A copy of ``metrics`` that strict JSON can hold: non-finite floats become ``"inf"``, ``"-inf"``, ``"nan"``.
+
+    numpy scalars become Python numbers; nested mappings and lists are converted too.
+    """
+    return {str(key): _json_value(value) for key, value in metrics.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# ROC table and figure
+# --------------------------------------------------------------------------------------------------
+
+
+def roc_table(labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) -> dict[str, np.ndarray]:
+    """The ROC as at most ``max_points`` rows of ``signal_efficiency``, ``background_efficiency``, ``background_rejection``.
+
+    The rows are ROC points (sklearn's corners; collinear points are dropped), thinned, when there
+    are more, to the points nearest ``max_points`` evenly spaced signal efficiencies. Rows with
+    εB = 0 (infinite rejection) are omitted, so every rejection is finite and equals 1/εB. Both
+    efficiencies are non-decreasing down the table.
+
+    Args:
+        labels: (J,) int in {0, 1}, 1 for signal.
+        scores: (J,) float signal score.
+        max_points: the most rows (at least 2).
+
+    Returns:
+        The three columns, each (R,) float64, R <= ``max_points``.
+    """
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    labels, scores = _check_binary(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
+    if len(tpr) > max_points:
+        targets = np.linspace(0.0, 1.0, max_points)
+        nearest = np.clip(np.searchsorted(tpr, targets, side="left"), 0, len(tpr) - 1)
+        keep = np.unique(np.concatenate([[0, len(tpr) - 1], nearest]))
+        tpr, fpr = tpr[keep], fpr[keep]
+    finite = fpr > 0
+    tpr, fpr = tpr[finite], fpr[finite]
+    return {"signal_efficiency": tpr.astype(np.float64), "background_efficiency": fpr.astype(np.float64),
+            "background_rejection": 1.0 / fpr}
+
+
+def write_roc_csv(path: str | Path, labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) -> None:
+    """Write :func:`roc_table` to ``path`` as CSV (header :data:`ROC_COLUMNS`), atomically, for ``dvc plots``."""
+    table = roc_table(labels, scores, max_points)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(ROC_COLUMNS)
+        for row in zip(*(table[column] for column in ROC_COLUMNS), strict=True):
+            writer.writerow([f"{value:.10g}" for value in row])
+
+
+@contextlib.contextmanager
+def hep_style() -> Iterator[None]:
+    """A scope in which matplotlib uses mplhep's CMS style; the global rcParams are left untouched.
+
+    Falls back to matplotlib's defaults without a word when mplhep is not installed, and to
+    DejaVu Sans (matplotlib's own font) when the style's fonts are missing.
+    """
+    import matplotlib
+
+    with matplotlib.rc_context(_style_params()):
+        yield
+
+
+def styled_axes(figsize: tuple[float, float] | None = None):
+    """A new ``(Figure, Axes)`` in the HEP style on an Agg canvas (no pyplot, no backend switch).
+
+    Axis labels and the title keep the style's fonts; lines and legends added later outside
+    :func:`hep_style` take the global rcParams. Save with :func:`save_figure`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with hep_style():
+        fig = Figure(figsize=figsize, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+    return fig, ax
+
+
+def save_figure(fig, path: str | Path, dpi: int = 150) -> None:
+    """Render ``fig`` (a matplotlib Figure) to a PNG at ``path`` atomically, in the HEP style."""
+    with hep_style(), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
+             title: str | None = None) -> None:
+    """Background rejection (log scale) vs signal efficiency of several taggers, as a PNG at ``path``.
+
+    Args:
+        curves: legend name -> ``(labels, scores)``: (J,) int in {0, 1} and (J,) float signal score
+            of one tagger (J may differ between taggers). The legend shows each AUC and 1/εB at εS = 0.5.
+        path: the PNG, written atomically.
+        title: an optional title.
+    """
+    if not curves:
+        raise ValueError("plot_roc needs at least one curve")
+    with hep_style():
+        fig, ax = styled_axes()
+        floor = math.inf
+        for name, (labels, scores) in curves.items():
+            figures = binary_metrics(labels, scores)
+            table = roc_table(labels, scores)
+            rejection = figures["rej_at_50"]
+            shown = f"{rejection:.1f}" if math.isfinite(rejection) else "∞"
+            ax.plot(table["signal_efficiency"], table["background_rejection"],
+                    label=f"{name} (AUC {figures['auc']:.4f}, $1/\\varepsilon_B$ = {shown})")
+            floor = min(floor, float(np.min(table["background_rejection"], initial=math.inf)))
+        efficiency = np.linspace(0.01, 1.0, 200)
+        ax.plot(efficiency, 1.0 / efficiency, linestyle="--", color="grey", label="random")
+        ax.set_yscale("log")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(bottom=min(floor, 1.0) * 0.9)
+        ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
+        ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
+        if title:
+            ax.set_title(title)
+        ax.legend(title=r"$1/\varepsilon_B$ at $\varepsilon_S = 0.5$", loc="upper right")
+        save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _rejection(background_efficiency: float) -> float:
+    return math.inf if background_efficiency <= 0.0 else 1.0 / background_efficiency
+
+
+def _pair_score(p_signal: np.ndarray, p_background: np.ndarray) -> np.ndarray:
+    """p_X / (p_X + p_bkg), 0.5 where both are 0 (float underflow: the jet is neither)."""
+    total = p_signal + p_background
+    return np.divide(p_signal, total, out=np.full_like(total, 0.5), where=total > 0)
+
+
+def _check_binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 1 or scores.shape != labels.shape:
+        raise ValueError(f"labels and scores must both be (J,), got {labels.shape} and {scores.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("binary labels must be 0 (background) or 1 (signal)")
+    if labels.all() or not labels.any():
+        raise ValueError(f"the ROC needs jets of both classes; all {len(labels)} jets have label "
+                         f"{int(labels[0]) if len(labels) else 'none'}")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or infinity")
+    return labels.astype(np.int64), scores
+
+
+def _check_multiclass(labels: np.ndarray, probs: np.ndarray,
+                      classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    n_classes = len(classes)
+    if n_classes < 2:
+        raise ValueError(f"a tagger needs at least two classes, got {list(classes)}")
+    if labels.ndim != 1 or probs.shape != (len(labels), n_classes):
+        raise ValueError(f"labels must be (J,) and probs (J, {n_classes}), got {labels.shape} and {probs.shape}")
+    if ((labels < 0) | (labels >= n_classes)).any():
+        raise ValueError(f"labels outside [0, {n_classes}) (unlabelled jets cannot be evaluated)")
+    missing = [str(name) for k, name in enumerate(classes) if not (labels == k).any()]
+    if missing:
+        raise ValueError(f"no jets of class {', '.join(missing)}: every class needs jets for the ROC")
+    if not np.isfinite(probs).all():
+        raise ValueError("probabilities contain NaN or infinity")
+    return labels.astype(np.int64), probs
+
+
+def _json_value(value):
+    if isinstance(value, Mapping):
+        return json_safe(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _style_params() -> dict:
+    """mplhep's style as rcParams, with fonts that exist here (cached after the first call)."""
+    global _STYLE_CACHE
+    if _STYLE_CACHE is None:
+        _STYLE_CACHE = _load_style()
+    return dict(_STYLE_CACHE)
+
+
+_STYLE_CACHE: dict | None = None
+
+
+def _load_style() -> dict:
+    try:
+        import mplhep
+    except ImportError:
+        return {}
+    from matplotlib import font_manager, rcParams
+
+    style = getattr(mplhep.style, _STYLE)
+    if isinstance(style, Sequence):  # a style may be a list of dicts applied in order
+        merged: dict = {}
+        for part in style:
+            merged.update(part)
+        style = merged
+    params = {key: value for key, value in dict(style).items() if key in rcParams}
+
+    def available(family: str) -> bool:
+        try:
+            font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+        except ValueError:
+            return False
+        return True
+
+    wanted = params.get("font.sans-serif", [])
+    fonts = [family for family in ([wanted] if isinstance(wanted, str) else list(wanted)) if available(family)]
+    if params.get("mathtext.fontset") == "custom" and not (fonts and fonts[0] in str(params.get("mathtext.rm"))):
+        params = {key: value for key, value in params.items() if not key.startswith("mathtext.")}
+        params["mathtext.fontset"] = "dejavusans"
+    params["font.sans-serif"] = [*fonts, _FALLBACK_FONT]
+    return params
