@@ -35,7 +35,7 @@ from jjepa.train.classifier import JetClassifier, encoder_state, load_encoder
 from jjepa.train.config import PRESETS, FinetuneConfig, ModelConfig, config_from_dict
 from jjepa.train.data import PRETRAIN_FIELDS, ShardLoader, ShardSet
 from jjepa.train.distributed import resolve_device
-from jjepa.train.metrics import json_safe, plot_roc, tagging_metrics, write_roc_csv
+from jjepa.train.metrics import background_index, json_safe, plot_roc, tagging_metrics, write_roc_csv
 from jjepa.train.optim import lr_at, param_groups, set_lr
 from jjepa.train.subsets import stratified_subset
 from jjepa.train.transform import InputTransform
@@ -69,29 +69,59 @@ def architecture(config: FinetuneConfig, checkpoint: dict | None, shards: ShardS
     return replace(model, n_subjets=shards.n_subjets, n_particles=shards.n_particles), transform
 
 
-def _check_classes(train: ShardSet, *others: ShardSet) -> tuple[str, ...]:
-    classes = tuple(train.manifest.classes)
-    if len(classes) < 2:
-        raise JJepaError(f"{train.folder}: the shards name {len(classes)} classes; tagging needs at least 2")
+def tagging_classes(train: ShardSet, *others: ShardSet) -> tuple[tuple[str, ...], np.ndarray]:
+    """The classes the tagger learns: those of the shards' class names that have training jets.
+
+    Shards in the JetClass layout name all ten JetClass classes even when a file set holds two of
+    them (e.g. top and QCD): classes without a single training jet are dropped, so that sample
+    becomes a binary tagger. Returns the kept names and an int64 map from shard label to tagger
+    label (−1 for dropped classes).
+
+    Raises:
+        JJepaError: the folders name different classes, fewer than two classes have training jets, or
+            validation/test jets belong to a class with no training jets.
+    """
+    names = tuple(train.manifest.classes)
     for other in others:
-        if tuple(other.manifest.classes) != classes:
+        if tuple(other.manifest.classes) != names:
             raise JJepaError(f"{other.folder}: classes {list(other.manifest.classes)} differ from the training "
-                             f"shards' {list(classes)}")
-    return classes
+                             f"shards' {list(names)}")
+    counts = np.sum([r.class_counts for r in train.manifest.shards], axis=0) if names else np.zeros(0)
+    present = np.flatnonzero(counts > 0)
+    if len(present) < 2:
+        raise JJepaError(f"{train.folder}: {len(present)} class(es) have training jets; tagging needs at least 2")
+    for other in others:
+        other_counts = np.sum([r.class_counts for r in other.manifest.shards], axis=0)
+        stray = [names[i] for i in np.flatnonzero((other_counts > 0) & (counts == 0))]
+        if stray:
+            raise JJepaError(f"{other.folder}: holds jets of {stray}, which the training shards never show")
+    mapping = np.full(len(names), -1, dtype=np.int64)
+    mapping[present] = np.arange(len(present))
+    if len(present) < len(names):
+        log.info("classes with training jets: %s (the others named by the shards are dropped)",
+                 [names[i] for i in present])
+    return tuple(names[i] for i in present), mapping
 
 
-def to_device(batch, transform: InputTransform, device: torch.device):
-    """(inputs, labels) of a raw batch, on ``device``."""
+def to_device(batch, transform: InputTransform, device: torch.device, label_map: torch.Tensor | None = None):
+    """(inputs, labels) of a raw batch, on ``device``; ``label_map`` turns shard labels into tagger labels."""
     batch = batch.to(device)
     inputs = transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])
-    return inputs, batch["labels"]
+    labels = batch["labels"] if label_map is None else label_map[batch["labels"]]
+    return inputs, labels
 
 
 @torch.no_grad()
 def predict(model: nn.Module, shards: ShardSet, transform: InputTransform, device: torch.device,
-            batch_size: int, max_batches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (J, C) float64 and labels (J,) of every jet of ``shards``, in file order."""
-    loader = ShardLoader(shards, batch_size, block_size=batch_size, seed=0, shuffle=False, rank=0, world_size=1,
+            batch_size: int, label_map: torch.Tensor, max_batches: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (J, C) float64 and tagger labels (J,) of the jets of ``shards``.
+
+    All jets in file order; or, with ``max_batches``, that many batches of a fixed shuffled order
+    (blocks of 64 jets), so a partial validation mixes every shard and is the same jets every time.
+    """
+    partial = max_batches is not None
+    loader = ShardLoader(shards, batch_size, block_size=64 if partial else batch_size, seed=0, shuffle=partial,
+                         rank=0, world_size=1,
                          epochs=1, fields=FINETUNE_FIELDS, pin_memory=device.type == "cuda")
     was_training = model.training
     model.eval()
@@ -99,7 +129,7 @@ def predict(model: nn.Module, shards: ShardSet, transform: InputTransform, devic
     for index, batch in enumerate(loader.batches()):
         if max_batches is not None and index >= max_batches:
             break
-        inputs, y = to_device(batch, transform, device)
+        inputs, y = to_device(batch, transform, device, label_map)
         with _autocast(device):
             logits = model(inputs)
         probs.append(torch.softmax(logits.float(), dim=-1).double().cpu().numpy())
@@ -145,7 +175,8 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
     device = resolve_device(config.device)
     out = Path(config.out)
     train_set, val_set, test_set = ShardSet(config.train), ShardSet(config.val), ShardSet(config.test)
-    classes = _check_classes(train_set, val_set, test_set)
+    classes, mapping = tagging_classes(train_set, val_set, test_set)
+    label_map = torch.from_numpy(mapping).to(device)
     checkpoint = load_checkpoint(config.checkpoint) if config.checkpoint else None
     model_config, transform = architecture(config, checkpoint, train_set)
 
@@ -154,7 +185,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
         train_set = train_set.select(stratified_subset(train_set.labels(), config.seed, config.label_fraction,
                                                        config.n_labels))
     n_train = train_set.n_jets
-    class_counts = np.bincount(np.concatenate(train_set.labels()), minlength=len(classes))
+    class_counts = np.bincount(mapping[np.concatenate(train_set.labels())], minlength=len(classes))
     log.info("training on %d labelled jets (%s)", n_train,
              ", ".join(f"{c}: {n}" for c, n in zip(classes, class_counts, strict=True)))
 
@@ -185,7 +216,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
             batch = next(batches)
             lr = lr_at(step, steps, config.lr, config.final_lr, warmup)
             set_lr(optimizer, lr)
-            inputs, labels = to_device(batch, transform, device)
+            inputs, labels = to_device(batch, transform, device, label_map)
             with _autocast(device):
                 logits = model(inputs)
             loss = F.cross_entropy(logits.float(), labels)
@@ -199,7 +230,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
             if (step + 1) % eval_every and step + 1 != steps:
                 continue
             val_loss, val_acc = _val_figures(*predict(model, val_set, transform, device, config.batch_size,
-                                                      config.val_batches))
+                                                      label_map, config.val_batches))
             with open(out / "train_log.csv", "a", newline="") as f:
                 csv.writer(f).writerow([step + 1, f"{(step + 1) / steps_per_epoch:.3f}", f"{running / n_running:.6g}",
                                         f"{val_loss:.6g}", f"{val_acc:.6g}", f"{lr:.6g}"])
@@ -221,7 +252,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
     save_checkpoint(out / "checkpoints" / "best.pt", {
         "classifier": model.state_dict(), "config": resolved, "classes": list(classes),
         "step": best["step"], "val_loss": best["val_loss"]})
-    probs, labels = predict(model, test_set, transform, device, config.batch_size)
+    probs, labels = predict(model, test_set, transform, device, config.batch_size, label_map)
     metrics = tagging_metrics(labels, probs, classes)
     metrics.update({"n_train_labels": int(n_train), "mode": config.mode, "seed": config.seed,
                     "label_fraction": n_train / n_available,
@@ -230,9 +261,11 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
                     "n_test": int(len(labels))})
     metrics = json_safe(metrics)
     write_json_atomic(out / "metrics.json", metrics)
-    signal = probs[:, 1] if len(classes) == 2 else None
-    if signal is not None:
-        write_roc_csv(out / "roc.csv", labels, signal)
-        plot_roc({f"{config.mode}": (labels, signal)}, out / "roc.png")
+    if len(classes) == 2:
+        signal = 1 - background_index(classes)
+        is_signal = (labels == signal).astype(np.int64)
+        write_roc_csv(out / "roc.csv", is_signal, probs[:, signal])
+        plot_roc({f"{config.mode}, {classes[signal]} vs {classes[1 - signal]}": (is_signal, probs[:, signal])},
+                 out / "roc.png")
     log.info("test: accuracy %.4f, AUC %.4f", metrics["accuracy"], metrics["auc"])
     return metrics

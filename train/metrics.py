@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -151,15 +152,18 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[
         background: the background class name (any case); ``None``: ``QCD`` if present, else class 0.
 
     Returns:
-        ``accuracy`` (argmax), ``auc`` (macro one-vs-rest), and for every other class X
+        ``accuracy`` (argmax), ``auc`` (macro one-vs-rest; with C == 2 the AUC of the signal
+        class's probability, which the one-vs-rest average equals), and for every other class X
         ``rej_at_50_<X>`` and ``rej_at_30_<X>``: 1/εB on the jets of X or the background ranked by
         p_X / (p_X + p_bkg). With C == 2 also the plain ``rej_at_50`` and ``rej_at_30`` of that pair.
     """
     labels, probs = _check_multiclass(labels, probs, classes)
     bkg = background_index(classes, background)
-    metrics = {"accuracy": float(accuracy_score(labels, probs.argmax(axis=1))),
-               "auc": float(roc_auc_score(labels, probs, multi_class="ovr", average="macro",
-                                          labels=np.arange(len(classes))))}
+    if len(classes) == 2:  # sklearn's one-vs-rest AUC wants a 1-D score for two classes
+        auc = roc_auc_score(labels == 1 - bkg, probs[:, 1 - bkg])
+    else:
+        auc = roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(len(classes)))
+    metrics = {"accuracy": float(accuracy_score(labels, probs.argmax(axis=1))), "auc": float(auc)}
     for signal, name in enumerate(classes):
         if signal == bkg:
             continue
@@ -211,7 +215,8 @@ def roc_table(labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) ->
     """The ROC as at most ``max_points`` rows of ``signal_efficiency``, ``background_efficiency``, ``background_rejection``.
 
     The rows are ROC points (sklearn's corners; collinear points are dropped), thinned, when there
-    are more, to the points nearest ``max_points`` evenly spaced signal efficiencies. Rows with
+    are more, to the first points at or above ``max_points - 1`` evenly spaced signal efficiencies
+    (and the last point). Rows with
     εB = 0 (infinite rejection) are omitted, so every rejection is finite and equals 1/εB. Both
     efficiencies are non-decreasing down the table.
 
@@ -228,9 +233,9 @@ def roc_table(labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) ->
     labels, scores = _check_binary(labels, scores)
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
     if len(tpr) > max_points:
-        targets = np.linspace(0.0, 1.0, max_points)
-        nearest = np.clip(np.searchsorted(tpr, targets, side="left"), 0, len(tpr) - 1)
-        keep = np.unique(np.concatenate([[0, len(tpr) - 1], nearest]))
+        targets = np.linspace(0.0, 1.0, max_points - 1)
+        reached = np.clip(np.searchsorted(tpr, targets, side="left"), 0, len(tpr) - 1)
+        keep = np.unique(np.append(reached, len(tpr) - 1))
         tpr, fpr = tpr[keep], fpr[keep]
     finite = fpr > 0
     tpr, fpr = tpr[finite], fpr[finite]
@@ -297,25 +302,23 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
         raise ValueError("plot_roc needs at least one curve")
     with hep_style():
         fig, ax = styled_axes()
-        floor = math.inf
         for name, (labels, scores) in curves.items():
             figures = binary_metrics(labels, scores)
             table = roc_table(labels, scores)
             rejection = figures["rej_at_50"]
             shown = f"{rejection:.1f}" if math.isfinite(rejection) else "∞"
             ax.plot(table["signal_efficiency"], table["background_rejection"],
-                    label=f"{name} (AUC {figures['auc']:.4f}, $1/\\varepsilon_B$ = {shown})")
-            floor = min(floor, float(np.min(table["background_rejection"], initial=math.inf)))
+                    label=f"{name}: AUC {figures['auc']:.4f}, {shown}")
         efficiency = np.linspace(0.01, 1.0, 200)
         ax.plot(efficiency, 1.0 / efficiency, linestyle="--", color="grey", label="random")
         ax.set_yscale("log")
         ax.set_xlim(0.0, 1.0)
-        ax.set_ylim(bottom=min(floor, 1.0) * 0.9)
+        ax.set_ylim(bottom=0.9)  # rejection is at least 1
         ax.set_xlabel(r"signal efficiency $\varepsilon_S$")
         ax.set_ylabel(r"background rejection $1/\varepsilon_B$")
         if title:
             ax.set_title(title)
-        ax.legend(title=r"$1/\varepsilon_B$ at $\varepsilon_S = 0.5$", loc="upper right")
+        ax.legend(title=r"AUC, $1/\varepsilon_B$ at $\varepsilon_S = 0.5$", loc="upper right")
         save_figure(fig, path)
 
 
@@ -381,16 +384,11 @@ def _json_value(value):
 
 
 def _style_params() -> dict:
-    """mplhep's style as rcParams, with fonts that exist here (cached after the first call)."""
-    global _STYLE_CACHE
-    if _STYLE_CACHE is None:
-        _STYLE_CACHE = _load_style()
-    return dict(_STYLE_CACHE)
+    """mplhep's style as rcParams, with fonts that exist here (a fresh copy of the cached style)."""
+    return dict(_load_style())
 
 
-_STYLE_CACHE: dict | None = None
-
-
+@functools.lru_cache(maxsize=1)
 def _load_style() -> dict:
     try:
         import mplhep

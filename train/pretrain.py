@@ -166,9 +166,9 @@ def _fmt(value) -> str:
 
 @torch.no_grad()
 def validation_loss(state: RunState, config: PretrainConfig, shards: ShardSet, device: torch.device) -> float:
-    """Mean J-JEPA loss over ``val_batches`` batches of the validation shards, read in file order with
-    fixed masks, so successive validations are comparable."""
-    loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=False, rank=0,
+    """Mean J-JEPA loss over ``val_batches`` batches of the validation shards with fixed masks, read in
+    one fixed shuffled order (so a partial validation mixes every shard and sees the same jets every time)."""
+    loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True, rank=0,
                          world_size=1, epochs=1, fields=PRETRAIN_FIELDS, pin_memory=device.type == "cuda")
     state.model.eval()
     total, count = 0.0, 0

@@ -177,3 +177,34 @@ def test_cli_finetune_reports_metrics(simulated_splits, pretrained, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert metrics["n_train_labels"] == 100 and metrics["aggregation"] == "cls_attn"
+
+
+def write_jetclass_like(folder, n_per_class: int, seed: int):
+    """Toy top (label 8, Tbqq) and QCD (label 0) jets in shards naming all ten JetClass classes."""
+    from jjepa.common.schema import ClusterConfig, ShardAttrs
+    from jjepa.common.shards import Manifest, record_for, shard_name, write_manifest, write_shard
+    from jjepa.train.synthetic import toy_jets
+
+    names = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
+    config = ClusterConfig(n_subjets=10, n_particles=12)
+    manifest = Manifest(cluster=config, classes=names)
+    folder.mkdir()
+    for k, (toy_label, label) in enumerate(((1, 8), (0, 0))):
+        arrays = toy_jets(n_per_class, toy_label, 10, 12, seed + k)
+        arrays.labels[:] = label
+        path = folder / shard_name(k)
+        write_shard(path, arrays, ShardAttrs(cluster=config, classes=names, source={"toy": k}))
+        manifest.shards.append(record_for(path, arrays.labels, names, {"toy": k}))
+    write_manifest(folder, manifest)
+    return folder
+
+
+def test_classes_without_training_jets_are_dropped(tmp_path):
+    """JetClass-layout files of two processes give a binary top-vs-QCD tagger, not a ten-class one."""
+    splits = {name: write_jetclass_like(tmp_path / name, n, seed)
+              for name, n, seed in (("train", 200, 0), ("val", 50, 10), ("test", 50, 20))}
+    metrics = finetune(config_for(splits, tmp_path / "ft", mode="scratch", preset="tiny"), progress=False)
+    assert metrics["n_test"] == 100 and 0.0 <= metrics["auc"] <= 1.0 and "rej_at_50" in metrics
+    stored = load_checkpoint(tmp_path / "ft" / "checkpoints" / "best.pt")
+    assert stored["classes"] == ["QCD", "Tbqq"]
+    assert stored["classifier"]["head.linear.weight"].shape[0] == 2
