@@ -105,7 +105,7 @@ def main() -> None:
             "val_batches": 8, "checkpoint_every": 500, "device": args.device, **MODEL})
         pretrain(config, resume=(run / "checkpoints" / "last.pt").exists())
     pretrain_seconds = time.perf_counter() - start
-    log_rows = np.genfromtxt(run / "train_log.csv", delimiter=",", names=True)
+    log_rows = np.atleast_1d(np.genfromtxt(run / "train_log.csv", delimiter=",", names=True))
 
     fractions = [min(1.0, int(n) / n_train) for n in args.labels.split(",")]
     base = resolve_finetune_config({

@@ -220,3 +220,18 @@ def embed(data, checkpoint, out, encoder, batch_size, device, progress) -> None:
 
     n = run_embed(data, checkpoint, out, encoder=encoder, batch_size=batch_size, device=device, progress=progress)
     click.echo(f"{n} jets embedded into {out}")
+
+
+@main.command()
+@click.argument("scans", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@reports_errors
+def evaluate(scans, out) -> None:
+    """Compare the modes of finished scans: metrics.json, comparison.md, ROC overlay, rejection vs labels.
+
+    \b
+    jjepa-train evaluate runs/scan-finetune runs/scan-freeze runs/scan-scratch --out reports/evaluate
+    """
+    from jjepa.train.evaluate import evaluate as run_evaluate
+
+    click.echo(json.dumps(run_evaluate(list(scans), out)))

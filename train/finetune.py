@@ -6,7 +6,8 @@ One call of ``finetune`` fills a run folder::
     out/train_log.csv           step, epoch, train_loss, val_loss, val_accuracy, lr
     out/checkpoints/best.pt     the classifier with the best validation loss
     out/metrics.json            test-set metrics of that classifier (accuracy, auc, rej_at_50, rej_at_30, …)
-    out/roc.csv, out/roc.png    the test-set ROC (for ``dvc plots``) and its figure
+    out/roc.csv, out/roc.png    the test-set ROC (for ``dvc plots``) and its figure (two classes)
+    out/test_predictions.npz    labels (J,), class probabilities (J, C) and class names, test set
 
 The model kept is the one with the lowest *validation* loss (early stopping after ``patience``
 validations without improvement); the reported numbers come from it, once, on the *test* set.
@@ -253,6 +254,8 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
         "classifier": model.state_dict(), "config": resolved, "classes": list(classes),
         "step": best["step"], "val_loss": best["val_loss"]})
     probs, labels = predict(model, test_set, transform, device, config.batch_size, label_map)
+    with atomic_path(out / "test_predictions.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, labels=labels, probs=probs.astype(np.float32), classes=np.array(classes))
     metrics = tagging_metrics(labels, probs, classes)
     metrics.update({"n_train_labels": int(n_train), "mode": config.mode, "seed": config.seed,
                     "label_fraction": n_train / n_available,
