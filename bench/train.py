@@ -14,7 +14,8 @@ under ``--cache``, default ``~/.cache/jjepa-bench``), for each preset of ``--pre
   loader could ever be the bottleneck (target: ≥ 10×).
 
 Parameters are those trained by gradient: context encoder + predictor (``JEPA``). The CPU defaults
-(tiny, small and base; base with batch 64) take about 5 minutes on 2 cores; ``paper`` is for GPUs.
+(tiny, small and base; base with batch 64) take about 2 minutes on 2 idle cores; ``paper`` is for GPUs.
+On a shared CPU use ``--threads 1``: 2 OpenMP threads on 2 busy cores run 10–40× slower.
 Prints one JSON line. Examples::
 
     python bench/train.py
@@ -43,7 +44,7 @@ from loader import shards, warm_page_cache
 
 TARGET_RATIO = 10
 #: Timed steps and batch size per preset, sized for a 2-core CPU (CUDA: ``CUDA_STEPS``, the batch of ``--batch-size``).
-CPU_STEPS = {"tiny": 50, "small": 10, "base": 4, "paper": 2}
+CPU_STEPS = {"tiny": 50, "small": 20, "base": 5, "paper": 2}
 CPU_BATCH = {"base": 64, "paper": 16}
 CUDA_STEPS = {"tiny": 200, "small": 100, "base": 50, "paper": 20}
 

@@ -37,10 +37,17 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
             os.fsync(f.fileno())
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """The sha256 hex digest of a file, read in 4 MiB blocks."""
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks into one reused buffer.
+
+    ``readinto`` a buffer that stays in the CPU cache, rather than ``read`` returning a fresh
+    multi-MiB ``bytes`` per block (each a new allocation whose pages are faulted in, then
+    returned), so the cost is the hash itself; a 10k-jet shard is ~106 MB.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
+    buffer = bytearray(block)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
     return digest.hexdigest()

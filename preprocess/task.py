@@ -6,6 +6,7 @@ its own entry range, checks it, clusters it, builds the features and writes the 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,23 @@ class ShardTask:
         return {"file": self.path, "start": self.start, "stop": self.stop}
 
 
+_local = threading.local()
+
+
+def _block_buffer(n_jets: int, n_subjets: int, n_particles: int) -> ShardArrays:
+    """A features buffer of this shape, kept per thread and reused by the next task.
+
+    A worker runs task after task; allocating ~10 MB afresh for each means page-faulting it in
+    again (Dask workers run with a small ``MALLOC_TRIM_THRESHOLD_``, so freed memory goes back to
+    the OS). ``fill_features`` overwrites every element, so the old content does not matter.
+    """
+    key = (n_jets, n_subjets, n_particles)
+    if getattr(_local, "key", None) != key:
+        _local.buffer = ShardArrays.empty(*key)
+        _local.key = key
+    return _local.buffer
+
+
 def run_task(task: ShardTask, block_size: int = 1024) -> ShardRecord:
     """Read, check, cluster and featurise one chunk, write its shard, return the manifest record.
 
@@ -59,7 +77,7 @@ def run_task(task: ShardTask, block_size: int = 1024) -> ShardRecord:
     assign, n_subjets = clusterer(chunk.px, chunk.py, chunk.pz, chunk.energy, chunk.offsets,
                                   task.cluster.algorithm, task.cluster.radius)
     p4 = [np.ascontiguousarray(a, dtype=np.float64) for a in (chunk.px, chunk.py, chunk.pz, chunk.energy)]
-    buffer = ShardArrays.empty(min(block_size, chunk.n_jets), task.cluster.n_subjets, task.cluster.n_particles)
+    buffer = _block_buffer(min(block_size, chunk.n_jets), task.cluster.n_subjets, task.cluster.n_particles)
     path = Path(task.out)
     attrs = ShardAttrs(cluster=task.cluster, classes=task.classes, source=task.source())
     with shard_writer(path, chunk.n_jets, attrs) as write:

@@ -1,10 +1,12 @@
-"""Bad-jet detection on a chunk: vectorised checks, one clear message per problem."""
+"""Bad-jet detection on a chunk: one compiled pass over the constituents, one clear message per problem."""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
+import numba as nb
 import numpy as np
 from jjepa.common.errors import InputError
 from jjepa.preprocess.readers.base import JetChunk
@@ -14,11 +16,35 @@ log = logging.getLogger(__name__)
 ON_BAD_JET = ("error", "skip")
 
 
-def _per_jet_any(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """bool (J,): whether any constituent of each jet is flagged (empty jets give False)."""
-    csum = np.zeros(len(flags) + 1, dtype=np.int64)
-    np.cumsum(flags, out=csum[1:])
-    return csum[offsets[1:]] > csum[offsets[:-1]]
+#: Reasons a jet cannot be clustered, by code (0: good); a jet gets the first that applies.
+REASONS: tuple[str, ...] = (
+    "",
+    "the jet has no constituents",
+    "a constituent has a non-finite momentum or energy",
+    "a constituent has negative energy",
+    "a constituent has zero transverse momentum",
+)
+
+
+@nb.njit(cache=True, nogil=True)
+def _reason_codes(px, py, pz, e, offsets, codes):
+    """Fill ``codes`` (J,) with each jet's index into ``REASONS``, in one pass over the constituents."""
+    for j in range(offsets.shape[0] - 1):
+        lo = offsets[j]
+        hi = offsets[j + 1]
+        if hi == lo:
+            codes[j] = 1
+            continue
+        nonfinite = False
+        negative = False
+        zero_pt = False
+        for k in range(lo, hi):
+            if not (math.isfinite(px[k]) and math.isfinite(py[k]) and math.isfinite(pz[k]) and math.isfinite(e[k])):
+                nonfinite = True
+            else:
+                negative |= e[k] < 0
+                zero_pt |= px[k] * px[k] + py[k] * py[k] == 0
+        codes[j] = 2 if nonfinite else 3 if negative else 4 if zero_pt else 0
 
 
 def bad_jets(chunk: JetChunk) -> tuple[np.ndarray, np.ndarray]:
@@ -27,22 +53,12 @@ def bad_jets(chunk: JetChunk) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(bad, reason)``: bool (J,) and an object array (J,) of reasons ('' where good). A jet is
         bad if it has no constituents, or a constituent with non-finite momentum, negative
-        energy, or zero transverse momentum (its pseudorapidity would be infinite).
+        energy, or zero transverse momentum (its pseudorapidity would be infinite); the first of
+        these that applies is its reason.
     """
-    px, py, pz, e, offsets = chunk.px, chunk.py, chunk.pz, chunk.energy, chunk.offsets
-    finite = np.isfinite(px) & np.isfinite(py) & np.isfinite(pz) & np.isfinite(e)
-    checks = (
-        ("a constituent has a non-finite momentum or energy", ~finite),
-        ("a constituent has negative energy", finite & (e < 0)),
-        ("a constituent has zero transverse momentum", finite & (px * px + py * py == 0)),
-    )
-    reason = np.full(chunk.n_jets, "", dtype=object)
-    empty = offsets[1:] == offsets[:-1]
-    reason[empty] = "the jet has no constituents"
-    for message, flags in checks:
-        hit = _per_jet_any(flags, offsets) & (reason == "")
-        reason[hit] = message
-    return reason != "", reason
+    codes = np.empty(chunk.n_jets, dtype=np.int8)
+    _reason_codes(chunk.px, chunk.py, chunk.pz, chunk.energy, np.asarray(chunk.offsets, dtype=np.int64), codes)
+    return codes != 0, np.array(REASONS, dtype=object)[codes]
 
 
 def check_chunk(chunk: JetChunk, on_bad_jet: str = "error") -> tuple[JetChunk, int]:

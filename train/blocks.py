@@ -75,19 +75,12 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class ClassAttentionBlock(nn.Module):
+class ClassAttentionBlock(Block):
     """CaiT class attention: a class token attends to [itself; tokens] and is updated; tokens are not.
 
-    Padding is ignored through the key mask; the class token itself is always a valid key, so no
-    row of the softmax is ever empty.
+    Same layers as ``Block``. Padding is ignored through the key mask; the class token itself is
+    always a valid key, so no row of the softmax is ever empty.
     """
-
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, n_heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio)
 
     def forward(self, cls: torch.Tensor, tokens: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """cls: (B, 1, D); tokens: (B, L, D); key_mask: (B, L) bool. Returns the new (B, 1, D) class token."""

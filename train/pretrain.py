@@ -287,7 +287,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     bar = tqdm(total=stop, initial=state.step, disable=not (progress and dist_info.is_main), unit="step",
                dynamic_ncols=True)
     interval_loss = torch.zeros((), dtype=torch.float64, device=device)
-    interval_start = time.perf_counter()
+    interval_start, rate_steps = time.perf_counter(), 0  # the rate counts this process's steps only
     row: dict = {}
 
     def save() -> None:
@@ -324,11 +324,13 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                 state.step, state.cursor = step + 1, batch.cursor
                 interval_loss += result.loss.detach()
                 state.interval_steps += 1
+                rate_steps += 1
                 bar.update(1)
 
                 if state.step % config.log_every == 0 or state.step == steps:
                     mean_loss = (state.interval_loss + float(interval_loss)) / state.interval_steps
-                    row = _log_row(state, config, dist_info, result, mean_loss, interval_start, lr, momentum)
+                    row = _log_row(state, config, dist_info, result, mean_loss, rate_steps, interval_start, lr,
+                                   momentum)
                     validate = val_shards is not None and (
                         (config.val_every and state.step % config.val_every == 0) or state.step == steps)
                     if validate:
@@ -339,7 +341,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                     bar.set_postfix(loss=f"{row['loss']:.4g}", jets_s=f"{row['jets_per_s']:.0f}")
                     interval_loss.zero_()
                     state.interval_loss, state.interval_steps = 0.0, 0
-                    interval_start = time.perf_counter()
+                    interval_start, rate_steps = time.perf_counter(), 0
                 if state.step % config.checkpoint_every == 0 and state.step < stop:
                     save()
     except KeyboardInterrupt:
@@ -360,7 +362,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
 
 
 def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, result, mean_loss: float,
-             interval_start: float, lr: float, momentum: float) -> dict:
+             rate_steps: int, interval_start: float, lr: float, momentum: float) -> dict:
     """One ``train_log.csv`` row, with the collapse diagnostics of the last batch; warns on collapse."""
     loss = mean_over_ranks(mean_loss, dist_info)
     elapsed = time.perf_counter() - interval_start
@@ -370,5 +372,5 @@ def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, resul
         log.warning("step %d: the target representation may be collapsing (std %.3g, effective rank %.3g); "
                     "check the EMA schedule (ema_start) and the learning rate", state.step, std, rank)
     return {"step": state.step, "epoch": state.cursor.epoch, "loss": loss, "lr": lr, "momentum": momentum,
-            "jets_per_s": state.interval_steps * config.batch_size * dist_info.world_size / elapsed,
+            "jets_per_s": rate_steps * config.batch_size * dist_info.world_size / elapsed,
             "target_std": std, "target_rank": rank}

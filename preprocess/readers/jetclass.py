@@ -72,6 +72,21 @@ def info(path: str, options=None) -> SourceInfo:
     return SourceInfo(n_jets=n_jets, classes=JETCLASS_CLASSES)
 
 
+def _counts_and_values(column) -> tuple[np.ndarray, np.ndarray]:
+    """Per-jet counts int64 (J,) and the flat values (P,) of a jagged ``var * number`` column.
+
+    What uproot returns (a list-offset array over a flat NumPy buffer) is read off its offsets and
+    buffer without copies; any other layout goes through ``ak.num`` and ``ak.flatten``.
+    """
+    layout = column.layout
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        offsets = np.asarray(layout.offsets.data)
+        values = np.asarray(layout.content.data)
+        if values.ndim == 1 and len(offsets) and offsets[-1] <= len(values):
+            return np.diff(offsets).astype(np.int64), values[offsets[0]:offsets[-1]]
+    return ak.to_numpy(ak.num(column, axis=1)).astype(np.int64), ak.to_numpy(ak.flatten(column, axis=1))
+
+
 def _constituents(arrays, path: str, start: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-jet counts int64 (J,) and flat float64 (P,) px, py, pz, E from the jagged branches."""
     counts = None
@@ -80,14 +95,14 @@ def _constituents(arrays, path: str, start: int) -> tuple[np.ndarray, list[np.nd
         column = arrays[name]
         if column.ndim != 2:
             raise InputError(path, f"branch {name} has type {column.type}, expected a list of numbers per jet")
-        n = ak.to_numpy(ak.num(column, axis=1)).astype(np.int64)
+        n, values = _counts_and_values(column)
         if counts is None:
             counts = n
         elif np.any(n != counts):
             bad = int(np.flatnonzero(n != counts)[0])
             raise InputError(path, f"{name} has {n[bad]} constituents but part_px has {counts[bad]}",
                              entry=start + bad)
-        flat.append(np.ascontiguousarray(ak.to_numpy(ak.flatten(column, axis=1)), dtype=np.float64))
+        flat.append(np.ascontiguousarray(values, dtype=np.float64))  # one copy: float32 -> float64
     return counts, flat
 
 
