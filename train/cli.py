@@ -36,7 +36,10 @@ def main(verbose: int) -> None:
 def _yaml_section(path: str | None, section: str) -> dict:
     if path is None:
         return {}
-    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise JJepaError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(loaded, dict):
         raise JJepaError(f"{path}: expected a YAML mapping")
     value = loaded.get(section, {}) or {}

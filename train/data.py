@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from jjepa.common.errors import ShardError
 from jjepa.common.schema import DATASETS
 from jjepa.common.shards import Manifest, open_memmaps, read_manifest
+from jjepa.train.config import ModelConfig
 
 #: What pretraining reads of a shard; finetuning adds ``labels``.
 PRETRAIN_FIELDS: tuple[str, ...] = ("particles", "particle_mask", "subjets", "subjet_mask")
@@ -85,6 +86,14 @@ class ShardSet:
         for record, length in zip(self.manifest.shards, self.lengths, strict=True):
             if record.n_jets != length:
                 raise ShardError(f"{self.folder / record.file}: {length} jets, the manifest says {record.n_jets}")
+
+    def bind(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with S and N taken from these shards; an encoder built for other S or N is an error."""
+        for name, value in (("n_subjets", self.n_subjets), ("n_particles", self.n_particles)):
+            if getattr(model, name) not in (None, value):
+                raise ShardError(f"model.{name} is {getattr(model, name)} but the shards in {self.folder} have {value}; "
+                                 "an encoder only reads shards clustered with the S and N it was built for")
+        return replace(model, n_subjets=self.n_subjets, n_particles=self.n_particles)
 
     def select(self, index: list[np.ndarray]) -> ShardSet:
         """A view of these shards holding only the jets at ``index`` (per shard, sorted int64 positions)."""

@@ -6,6 +6,7 @@ nothing is initialised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
                                "(check the driver and that the installed torch is a CUDA build)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def init_distributed(device: str) -> DistInfo:

@@ -19,7 +19,6 @@ from pathlib import Path
 import h5py
 import torch
 from jjepa.common.atomic import atomic_path
-from jjepa.common.errors import JJepaError
 from jjepa.common.version import jjepa_version
 from jjepa.train.checkpoint import load_checkpoint
 from jjepa.train.classifier import encoder_state
@@ -51,10 +50,7 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
     state = load_checkpoint(checkpoint)
     saved = config_from_dict(state["config"])
     shards = ShardSet(data)
-    if (saved.model.n_subjets, saved.model.n_particles) != (shards.n_subjets, shards.n_particles):
-        raise JJepaError(f"{data}: shards of S={shards.n_subjets}, N={shards.n_particles}, but the encoder was "
-                         f"trained on S={saved.model.n_subjets}, N={saved.model.n_particles}")
-    model = SubjetTransformer(saved.model)
+    model = SubjetTransformer(shards.bind(saved.model))
     model.load_state_dict(encoder_state(state, encoder))
     model.to(torch_device).eval()
     loader = ShardLoader(shards, batch_size, block_size=batch_size, seed=0, shuffle=False, rank=0, world_size=1,

@@ -16,13 +16,12 @@ Only the training shards are reduced to the label fraction.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import logging
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +34,11 @@ from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
 from jjepa.train.classifier import JetClassifier, encoder_state, load_encoder
 from jjepa.train.config import PRESETS, FinetuneConfig, ModelConfig, config_from_dict
 from jjepa.train.data import PRETRAIN_FIELDS, ShardLoader, ShardSet
-from jjepa.train.distributed import resolve_device
+from jjepa.train.distributed import autocast, resolve_device
 from jjepa.train.metrics import background_index, json_safe, plot_roc, tagging_metrics, write_roc_csv
 from jjepa.train.optim import lr_at, param_groups, set_lr
 from jjepa.train.subsets import stratified_subset
-from jjepa.train.transform import InputTransform
+from jjepa.train.transform import InputTransform, batch_inputs
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -47,12 +46,6 @@ log = logging.getLogger(__name__)
 
 FINETUNE_FIELDS: tuple[str, ...] = PRETRAIN_FIELDS + ("labels",)
 LOG_COLUMNS: tuple[str, ...] = ("step", "epoch", "train_loss", "val_loss", "val_accuracy", "lr")
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def architecture(config: FinetuneConfig, checkpoint: dict | None, shards: ShardSet) -> tuple[ModelConfig, InputTransform]:
@@ -63,11 +56,7 @@ def architecture(config: FinetuneConfig, checkpoint: dict | None, shards: ShardS
     else:
         saved = config_from_dict(checkpoint["config"])
         model, transform = saved.model, saved.transform
-    for name, value in (("n_subjets", shards.n_subjets), ("n_particles", shards.n_particles)):
-        if getattr(model, name) not in (None, value):
-            raise JJepaError(f"the encoder was built for {name}={getattr(model, name)}, "
-                             f"but the shards in {config.train} have {value}")
-    return replace(model, n_subjets=shards.n_subjets, n_particles=shards.n_particles), transform
+    return shards.bind(model), transform
 
 
 def tagging_classes(train: ShardSet, *others: ShardSet) -> tuple[tuple[str, ...], np.ndarray]:
@@ -107,9 +96,8 @@ def tagging_classes(train: ShardSet, *others: ShardSet) -> tuple[tuple[str, ...]
 def to_device(batch, transform: InputTransform, device: torch.device, label_map: torch.Tensor | None = None):
     """(inputs, labels) of a raw batch, on ``device``; ``label_map`` turns shard labels into tagger labels."""
     batch = batch.to(device)
-    inputs = transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])
     labels = batch["labels"] if label_map is None else label_map[batch["labels"]]
-    return inputs, labels
+    return batch_inputs(batch, transform, device), labels
 
 
 @torch.no_grad()
@@ -131,7 +119,7 @@ def predict(model: nn.Module, shards: ShardSet, transform: InputTransform, devic
         if max_batches is not None and index >= max_batches:
             break
         inputs, y = to_device(batch, transform, device, label_map)
-        with _autocast(device):
+        with autocast(device):
             logits = model(inputs)
         probs.append(torch.softmax(logits.float(), dim=-1).double().cpu().numpy())
         labels.append(y.cpu().numpy())
@@ -218,7 +206,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
             lr = lr_at(step, steps, config.lr, config.final_lr, warmup)
             set_lr(optimizer, lr)
             inputs, labels = to_device(batch, transform, device, label_map)
-            with _autocast(device):
+            with autocast(device):
                 logits = model(inputs)
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)

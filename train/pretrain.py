@@ -14,7 +14,6 @@ resume, N more steps equals 2N steps straight (bit for bit on the CPU).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -28,15 +27,21 @@ from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
 from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
 from jjepa.train.config import PretrainConfig, config_from_dict
-from jjepa.train.data import PRETRAIN_FIELDS, Cursor, JetBatch, ShardLoader, ShardSet
+from jjepa.train.data import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
 from jjepa.train.diagnostics import effective_rank, representation_std
-from jjepa.train.distributed import DistInfo, init_distributed, mean_over_ranks, shutdown_distributed
+from jjepa.train.distributed import (
+    DistInfo,
+    autocast,
+    init_distributed,
+    mean_over_ranks,
+    shutdown_distributed,
+)
 from jjepa.train.ema import ema_update, make_target_encoder, momentum_at
 from jjepa.train.jepa import JEPA, jepa_forward
 from jjepa.train.masking import mask_generator, sample_targets
 from jjepa.train.optim import lr_at, make_optimizer, set_lr
 from jjepa.train.subjet_transformer import jet_representation
-from jjepa.train.transform import InputTransform, ModelInputs
+from jjepa.train.transform import batch_inputs
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -68,28 +73,6 @@ def total_steps(config: PretrainConfig, jets_per_epoch: int) -> int:
     if config.steps is not None:
         return config.steps
     return max(1, math.ceil(config.epochs * jets_per_epoch / config.batch_size))
-
-
-def to_inputs(batch: JetBatch, transform: InputTransform, device: torch.device) -> ModelInputs:
-    """Copy a raw batch to ``device`` (asynchronously from pinned memory) and transform it there."""
-    batch = batch.to(device)
-    return transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])
-
-
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; full fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _bind_data(config: PretrainConfig, shards: ShardSet) -> PretrainConfig:
-    """The config with the model's S and N taken from the shards (an explicit mismatch is an error)."""
-    model = config.model
-    for name, value in (("n_subjets", shards.n_subjets), ("n_particles", shards.n_particles)):
-        if getattr(model, name) not in (None, value):
-            raise JJepaError(f"model.{name} is {getattr(model, name)} but the shards in {config.data} have {value}")
-    return replace(config, model=replace(model, n_subjets=shards.n_subjets, n_particles=shards.n_particles))
 
 
 def _check_resumable(config: PretrainConfig, saved: PretrainConfig) -> None:
@@ -177,8 +160,8 @@ def validation_loss(state: RunState, config: PretrainConfig, shards: ShardSet, d
             break
         target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
                                      mask_generator(config.seed, _VAL_RANK, index))
-        inputs = to_inputs(batch, config.transform, device)
-        with _autocast(device):
+        inputs = batch_inputs(batch, config.transform, device)
+        with autocast(device):
             out = jepa_forward(state.model, state.target_encoder, inputs, target_mask.to(device),
                                config.context_sees_targets)
         total += float(out.loss) * len(batch)
@@ -204,8 +187,8 @@ def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool =
             for step, batch in enumerate(tqdm(batches, total=steps, disable=not progress, unit="batch")):
                 target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
                                              mask_generator(config.seed, dist_info.rank, step))
-                inputs = to_inputs(batch, config.transform, dist_info.device)
-                target_mask.to(dist_info.device)
+                batch_inputs(batch, config.transform, dist_info.device)
+                target_mask.to(dist_info.device, non_blocking=True)
                 if step + 1 == steps:
                     break
             if dist_info.device.type == "cuda":
@@ -213,7 +196,6 @@ def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool =
             elapsed = time.perf_counter() - start
         rate = steps * config.batch_size * dist_info.world_size / elapsed
         log.info("io-only: %d batches of %d jets in %.2f s: %.0f jets/s", steps, config.batch_size, elapsed, rate)
-        del inputs
         return {"jets_per_s": rate, "steps": steps, "batch_size": config.batch_size, "device": str(dist_info.device)}
     finally:
         shutdown_distributed()
@@ -244,7 +226,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     out = Path(config.out)
     last = out / "checkpoints" / "last.pt"
     shards = ShardSet(config.data)
-    config = _bind_data(config, shards)
+    config = replace(config, model=shards.bind(config.model))
     val_shards = ShardSet(config.val) if config.val else None
 
     checkpoint = None
@@ -306,11 +288,11 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                 set_lr(state.optimizer, lr)
                 target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
                                              mask_generator(config.seed, dist_info.rank, step))
-                inputs = to_inputs(batch, config.transform, device)
+                inputs = batch_inputs(batch, config.transform, device)
                 target_mask = target_mask.to(device, non_blocking=True)
 
                 # 1. forward target (no gradient)  2. forward context + predictor  3. L2 loss
-                with _autocast(device):
+                with autocast(device):
                     result = jepa_forward(model, target_encoder, inputs, target_mask, config.context_sees_targets)
                 # 4. backward, clip, step
                 state.optimizer.zero_grad(set_to_none=True)

@@ -87,3 +87,10 @@ class ModelInputs:
     def subjet_positions(self) -> torch.Tensor:
         """(B, S, 2) scaled (Δη, sin(Δφ/2)) of each subjet."""
         return self.subjets[..., 1:3]
+
+
+def batch_inputs(batch, transform: InputTransform, device: torch.device) -> ModelInputs:
+    """Copy a raw batch (``jjepa.train.data.JetBatch``) to ``device`` (asynchronously from pinned
+    memory) and transform it there."""
+    batch = batch.to(device)
+    return transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])
