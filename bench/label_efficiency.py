@@ -15,6 +15,7 @@ JSON line; ``summary.md`` and ``rejection_vs_labels.png`` are in the scan folder
 JSON line gives. Example::
 
     python bench/label_efficiency.py --n-jets 100000 --pretrain-steps 3000
+    python bench/label_efficiency.py --pretrain-steps 1500 --set mask_fraction=0.5 --labels 100,1000
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=10.0)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "jjepa-bench")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="pretraining config override, e.g. mask_fraction=0.5 (repeatable; part of the cache key)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -95,14 +98,15 @@ def main() -> None:
 
     folders = split(shards(args.cache, inputs(args.cache, args.n_jets), args.chunk_size), args.cache)
     n_train = read_manifest(folders["train"]).n_jets
-    tag = f"s{args.pretrain_steps}-b{args.batch_size}"
+    overrides = dict(item.split("=", 1) for item in args.overrides)
+    tag = "-".join([f"s{args.pretrain_steps}", f"b{args.batch_size}"] + [f"{k}={v}" for k, v in sorted(overrides.items())])
     run = args.cache / "label-efficiency" / f"pretrain-{tag}"
     start = time.perf_counter()
     if not (run / "metrics.json").exists():
         config = resolve_pretrain_config({
             "data": str(folders["train"]), "val": str(folders["val"]), "out": str(run), "preset": "tiny",
             "steps": args.pretrain_steps, "batch_size": args.batch_size, "log_every": 50, "val_every": 500,
-            "val_batches": 8, "checkpoint_every": 500, "device": args.device, **MODEL})
+            "val_batches": 8, "checkpoint_every": 500, "device": args.device, **MODEL, **overrides})
         pretrain(config, resume=(run / "checkpoints" / "last.pt").exists())
     pretrain_seconds = time.perf_counter() - start
     log_rows = np.atleast_1d(np.genfromtxt(run / "train_log.csv", delimiter=",", names=True))
@@ -127,7 +131,7 @@ def main() -> None:
     pre, scratch = figure("finetune", smallest, "rej_at_50"), figure("scratch", smallest, "rej_at_50")
     print(json.dumps({
         "benchmark": "label_efficiency", "n_jets": args.n_jets, "n_train": n_train,
-        "pretrain_steps": args.pretrain_steps, "pretrain_seconds": round(pretrain_seconds, 1),
+        "pretrain_steps": args.pretrain_steps, "overrides": overrides, "pretrain_seconds": round(pretrain_seconds, 1),
         "pretrain_loss_first_last": [float(log_rows["loss"][0]), float(log_rows["loss"][-1])],
         "target_std_last": float(log_rows["target_std"][-1]), "target_rank_last": float(log_rows["target_rank"][-1]),
         "results": table,

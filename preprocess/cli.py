@@ -10,6 +10,7 @@ import yaml
 from jjepa.common.cli_utils import reports_errors, setup_logging
 from jjepa.common.errors import JJepaError
 from jjepa.common.schema import ALGORITHMS, ClusterConfig
+from jjepa.preprocess.datasets import DATASETS, SPLITS
 from jjepa.preprocess.readers import FORMATS
 from jjepa.preprocess.readers.base import GenericOptions
 from jjepa.preprocess.task import BACKENDS
@@ -19,6 +20,9 @@ from jjepa.preprocess.validate import ON_BAD_JET
 def _default_workers(workers: int | None) -> int:
     return (os.cpu_count() or 1) if workers is None else workers
 
+
+#: Inputs ``cluster --dataset`` knows how to find: the demo, and what ``fetch`` downloads.
+DATASET_LAYOUTS = ("demo", *DATASETS)
 
 _BRANCH_KEYS = ("tree", "px", "py", "pz", "pt", "eta", "phi", "energy", "label")
 
@@ -46,11 +50,37 @@ def _generic_options(branches: str | None, classes: str | None, **names) -> Gene
     return GenericOptions(**values)
 
 
+def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple[str, ...]:
+    """The files to cluster: INPUTS as given, or one split of a dataset laid out as ``fetch`` leaves it."""
+    from jjepa.preprocess.datasets import split_files
+
+    if dataset is None:
+        if not inputs:
+            raise JJepaError("no input files: give INPUTS, or --dataset with --root and --split")
+        return tuple(inputs)
+    if inputs:
+        raise JJepaError("give either INPUTS or --dataset, not both")
+    if root is None or split is None:
+        raise JJepaError("--dataset needs --root (where the dataset lives) and --split (train, val or test)")
+    chosen = [p.strip() for p in processes.split(",") if p.strip()] if processes else None
+    files = split_files(dataset, root, split, processes=chosen, max_files=max_files or None)
+    return tuple(str(f) for f in files)
+
+
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder for shards.")
+@click.option("--dataset", type=click.Choice(DATASET_LAYOUTS), default=None,
+              help="Instead of INPUTS: the files of one split of a fetched dataset (or the demo) under --root.")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="With --dataset: where it lives (the --dest of jjepa-preprocess fetch; data/raw for demo).")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="With --dataset: which split.")
+@click.option("--processes", default=None,
+              help="With --dataset jetclass: comma-separated processes, e.g. TTBar,ZJetsToNuNu [default: all ten].")
+@click.option("--max-files", type=int, default=0,
+              help="With --dataset: at most this many files per process (jetclass) or in all (qg); 0 = all.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto",
-              help="Input layout; auto picks by extension and content.")
+              help="Input layout; auto tells it from the file's content.")
 @click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ca", help="Subjet algorithm (inclusive, E-scheme).")
 @click.option("--radius", type=float, default=0.2, help="Subjet radius R.")
 @click.option("--n-subjets", type=int, default=20, help="S: subjets kept per jet (hardest in pT).")
@@ -80,10 +110,10 @@ def _generic_options(branches: str | None, classes: str | None, **names) -> Gene
               help="generic: YAML file with the keys tree, px, py, pz, pt, eta, phi, energy, label, classes.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @reports_errors
-def cluster(inputs, out, fmt, algorithm, radius, n_subjets, n_particles, chunk_size, backend, on_bad_jet, workers,
-            scheduler, resume, force, max_jets, tree, px, py, pz, pt, eta, phi, energy, label, classes, branches,
-            progress):
-    """Recluster the jets of INPUTS (ROOT or HDF5) into subjets and write fixed-size HDF5 shards.
+def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algorithm, radius, n_subjets, n_particles,
+            chunk_size, backend, on_bad_jet, workers, scheduler, resume, force, max_jets, tree, px, py, pz, pt, eta,
+            phi, energy, label, classes, branches, progress):
+    """Recluster the jets of INPUTS (ROOT, HDF5 or quark-gluon npz) into subjets and write fixed-size HDF5 shards.
 
     Each jet is reclustered into inclusive subjets (Cambridge–Aachen, R=0.2 by default); the S
     hardest subjets and, in each, the N hardest constituents are kept as (pT, Δη, sin(Δφ/2), E)
@@ -94,11 +124,14 @@ def cluster(inputs, out, fmt, algorithm, radius, n_subjets, n_particles, chunk_s
     Examples:
       jjepa-preprocess cluster data/raw/*.root --out data/shards/train --workers 2
       jjepa-preprocess cluster train.h5 --out shards/top-train          # Top Tagging HDF5
+      jjepa-preprocess cluster --dataset jetclass --root /data/JetClass --split val \\
+          --processes TTBar,ZJetsToNuNu --out shards/val                 # a fetched dataset's split
       jjepa-preprocess cluster run.root --format generic --tree Events \\
           --px pf_px --py pf_py --pz pf_pz --energy pf_e --label is_sig --out shards/
     """
     from jjepa.preprocess.driver import ClusterRun, run_cluster
 
+    inputs = _cluster_inputs(inputs, dataset, root, split, processes, max_files)
     try:
         cluster_config = ClusterConfig(algorithm=algorithm, radius=radius, n_subjets=n_subjets, n_particles=n_particles)
     except ValueError as err:
@@ -130,6 +163,55 @@ def inspect(folder, check, as_json):
         raise click.exceptions.Exit(1)
 
 
+def _simulator():
+    """``(SimConfig, simulate_to_file)``, or a clear error when the ``sim`` extra is missing."""
+    try:
+        from jjepa.preprocess.simulate import SimConfig, simulate_to_file
+    except ImportError as err:
+        raise JJepaError(f"simulation needs the sim extra: pip install -e '.[sim]' ({err})") from None
+    return SimConfig, simulate_to_file
+
+
+#: The demo's files per split, named as in JetClass so the jetclass reader's class names apply.
+DEMO_FILES = {"top": "TTBar_000.root", "qcd": "ZJetsToNuNu_000.root"}
+
+
+@main.command()
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder of this split.")
+@click.option("--dataset", type=click.Choice(DATASET_LAYOUTS), default="demo",
+              help="The dataset the pipeline runs on; for any but demo nothing is simulated (a note is written).")
+@click.option("--n-jets", type=int, required=True, help="Jets per process (top and QCD).")
+@click.option("--top-seed", type=int, required=True, help="Base seed of the top jets.")
+@click.option("--qcd-seed", type=int, required=True, help="Base seed of the QCD jets.")
+@click.option("--workers", type=int, default=None, help="Processes [default: number of cores].")
+@click.option("--pt-min", type=float, default=550.0, help="Jet pT window lower edge [GeV].")
+@click.option("--pt-max", type=float, default=650.0, help="Jet pT window upper edge [GeV].")
+@click.option("--abs-eta-max", type=float, default=2.0, help="Jet |η| cut.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@reports_errors
+def demo(out, dataset, n_jets, top_seed, qcd_seed, workers, pt_min, pt_max, abs_eta_max, progress):
+    """Simulate one split of the demo: top and QCD jets, in JetClass ROOT files under --out.
+
+    Writes TTBar_000.root (top) and ZJetsToNuNu_000.root (QCD), so the jetclass reader names the
+    classes Tbqq and QCD. This is the `simulate` stage of dvc.yaml; when params.yaml's
+    data.dataset names a real dataset, it simulates nothing and leaves only a note.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if dataset != "demo":
+        (out / "NOT_SIMULATED.txt").write_text(
+            f"The pipeline runs on the {dataset} dataset (params.yaml data.dataset), so no demo jets were simulated.\n")
+        click.echo(f"{out}: nothing simulated (dataset {dataset})")
+        return
+    SimConfig, simulate_to_file = _simulator()
+    for process, seed in (("top", top_seed), ("qcd", qcd_seed)):
+        config = SimConfig(process=process, n_jets=n_jets, seed=seed, pt_min=pt_min, pt_max=pt_max,
+                           abs_eta_max=abs_eta_max)
+        simulate_to_file(config, out / DEMO_FILES[process], "jetclass", workers=_default_workers(workers),
+                         progress=progress)
+    click.echo(f"{out}: {n_jets} top and {n_jets} QCD jets")
+
+
 @main.command()
 @click.option("--process", type=click.Choice(["top", "qcd"]), required=True,
               help="top: tt̄ with hadronic W decays, truth-matched; qcd: hard QCD.")
@@ -150,12 +232,84 @@ def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_m
     Needs the `sim` extra (pip install -e ".[sim]"). Output is reproducible: the same seed gives
     the same file whatever the number of workers.
     """
-    try:
-        from jjepa.preprocess.simulate import SimConfig, simulate_to_file
-    except ImportError as err:
-        raise JJepaError(f"simulation needs the sim extra: pip install -e '.[sim]' ({err})") from None
+    SimConfig, simulate_to_file = _simulator()
     config = SimConfig(process=process, n_jets=n_jets, seed=seed, pt_min=pt_min, pt_max=pt_max,
                        abs_eta_max=abs_eta_max)
     simulate_to_file(config, out, fmt, workers=_default_workers(workers),
                      progress=progress)
     click.echo(f"{out}: {n_jets} {process} jets")
+
+
+@main.command()
+@click.argument("dataset", type=click.Choice(DATASETS))
+@click.option("--dest", required=True, type=click.Path(file_okay=False),
+              help="Folder to download into (later the --root of cluster --dataset).")
+@click.option("--base-url", default=None,
+              help="Download from this mirror (folder URL holding the files) [default: Zenodo].")
+@click.option("--record-api", default=None,
+              help="toptagging: JSON record listing the md5s [default: Zenodo's, api/records/2603256].")
+@click.option("--checksums", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="md5s to verify against, lines '<md5>  <file name>' as md5sum writes them (overrides the "
+                   "published ones).")
+@click.option("--splits", default=None,
+              help="Comma-separated splits to fetch, e.g. val,test [default: train,val,test].")
+@click.option("--parts", default=None,
+              help="jetclass: train parts to fetch, e.g. 0 or 0,3-4; adds train to --splits [default: 0-9].")
+@click.option("--files", "n_files", type=int, default=None,
+              help="qg: only the first N files (QG_jets.npz, QG_jets_1.npz, ...) [default: all 20].")
+@click.option("--verify/--no-verify", default=True,
+              help="Check md5s of downloads and of files already there; --no-verify skips it (and says so).")
+@click.option("--force", is_flag=True, help="Replace a file in --dest that fails its md5 (default: stop).")
+@click.option("--dry-run", is_flag=True, help="List the files (state in --dest, md5, URL); download nothing.")
+@click.option("--keep-archives/--delete-archives", default=True,
+              help="jetclass: keep the tars after unpacking them.")
+@click.option("--progress/--no-progress", default=True, help="Show a byte progress bar per file.")
+@reports_errors
+def fetch(dataset, dest, base_url, record_api, checksums, splits, parts, n_files, verify, force, dry_run,
+          keep_archives, progress):
+    """Download DATASET from Zenodo into --dest: resumable, md5-verified, JetClass tars unpacked.
+
+    An interrupted download is kept as <file>.part and resumed by rerunning the same command. A
+    download failing its md5 is deleted; files already there are verified and skipped. Tars are
+    unpacked into <dest>/Pythia/{train_100M,val_5M,test_20M}/ once (a .<tar>.extracted marker).
+    The report lists each file and the cluster commands for the result.
+
+    \b
+    What you are in for:
+      jetclass    ~190 GB: 10 train parts of 15.2 GB (10M jets each), val 7.6 GB, test 30.4 GB;
+                  ten processes, ROOT files of 100k jets (tars, as much again while unpacking)
+      toptagging  train.h5 / val.h5 / test.h5: 1.2M / 0.4M / 0.4M jets (md5s from Zenodo's record API)
+      qg          20 files of 100k quark/gluon jets; our split: train 0-15, val 16-17, test 18-19
+
+    \b
+    Examples:
+      jjepa-preprocess fetch toptagging --dest /data/TopTagging
+      jjepa-preprocess fetch jetclass --dest /data/JetClass --splits val,test --parts 0   # 53 GB
+      jjepa-preprocess fetch qg --dest /data/QG --files 4 --dry-run
+      jjepa-preprocess fetch toptagging --dest /data/TopTagging --checksums md5s.txt   # offline md5s
+    """
+    import dataclasses
+
+    from jjepa.preprocess import datasets
+    from jjepa.preprocess import fetch as fetching
+
+    spec = datasets.get_spec(dataset)
+    spec = dataclasses.replace(spec, base_url=base_url or spec.base_url,
+                               record_api=record_api or spec.record_api)
+    chosen = [s.strip() for s in splits.split(",") if s.strip()] if splits else None
+    files = datasets.select_files(spec, splits=chosen, parts=datasets.parse_parts(parts) if parts else None,
+                                  n_files=n_files)
+    dest = Path(dest)
+    if dry_run:  # no network: md5s that only the record API knows are shown as coming from there
+        md5s = fetching.resolve_checksums(spec, files, checksums, verify=False)
+        click.echo("\n".join(fetching.plan_lines(spec, files, md5s, dest)))
+        return
+    md5s = fetching.resolve_checksums(spec, files, checksums, verify=verify)
+    options = fetching.FetchOptions(dest=dest, verify=verify, force=force, keep_archives=keep_archives,
+                                    progress=progress)
+    try:
+        report = fetching.fetch_dataset(spec, files, md5s, options)
+    except KeyboardInterrupt:
+        raise JJepaError("interrupted; rerun the same command to resume (partial downloads end in .part)") \
+            from None
+    click.echo("\n".join(report.lines()))

@@ -41,7 +41,7 @@ class ClusterRun:
     Attributes:
         inputs: input files, in the order their jets go into shards.
         out: output folder for shards and manifest.json.
-        fmt: ``auto``, ``jetclass``, ``toptagging`` or ``generic``.
+        fmt: ``auto``, ``jetclass``, ``toptagging``, ``qg`` or ``generic``.
         cluster: algorithm, R, S and N.
         options: branch names for the generic reader.
         chunk_size: jets per task and per shard.

@@ -3,26 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from jjepa.preprocess.rawformats import write_toptagging_h5
+from jjepa.preprocess.readers.base import JetChunk
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: A git identity for the commits `dvc exp run` makes in the throw-away repository.
+GIT_ENV = {"GIT_AUTHOR_NAME": "jjepa test", "GIT_AUTHOR_EMAIL": "test@jjepa.invalid",
+           "GIT_COMMITTER_NAME": "jjepa test", "GIT_COMMITTER_EMAIL": "test@jjepa.invalid"}
+
+
 def run(command: list[str], cwd: Path) -> str:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, **GIT_ENV}
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done.stdout
 
 
+def take_jets(chunk: JetChunk, jets: list[int]) -> JetChunk:
+    """The chunk's jets ``jets``, in that order."""
+    particles = np.concatenate([np.arange(chunk.offsets[j], chunk.offsets[j + 1]) for j in jets])
+    offsets = np.concatenate([[0], np.cumsum(np.diff(chunk.offsets)[jets])]).astype(np.int64)
+    return replace(chunk, px=chunk.px[particles], py=chunk.py[particles], pz=chunk.pz[particles],
+                   energy=chunk.energy[particles], offsets=offsets, labels=chunk.labels[jets], stop=len(jets))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not installed (pip install -e '.[pipeline]')")
-def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path):
+def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path, simulated_jets):
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
     for name in listed:
@@ -54,3 +73,17 @@ def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path):
     assert "Running stage" not in again, again
     assert "up to date" in run(dvc + ["status"], tmp_path)
     assert "finetune.labels_300.auc" in run(dvc + ["metrics", "show"], tmp_path)
+
+    # A real dataset is one parameter away: the simulate stage then simulates nothing and cluster
+    # reads the dataset's split from data.root (here a small file in the Top Tagging layout).
+    toptagging = tmp_path.parent / f"{tmp_path.name}-toptagging"
+    toptagging.mkdir()
+    write_toptagging_h5(toptagging / "val.h5", take_jets(simulated_jets, [0, 1, 2, 1000, 1001]))
+    run(["git", "add", "-A"], tmp_path)
+    run(["git", "commit", "-qm", "demo run"], tmp_path)
+    switch = ["-S", "data.dataset=toptagging", "-S", f"data.root={toptagging}"]
+    run(dvc + ["exp", "run", *switch, "simulate@val", "cluster@val"], tmp_path)
+    shards = json.loads((tmp_path / "reports" / "shards-val.json").read_text())
+    assert shards["n_jets"] == 5
+    assert shards["classes"] == {"QCD": 2, "top": 3}
+    assert (tmp_path / "data" / "raw" / "val" / "NOT_SIMULATED.txt").exists()

@@ -9,25 +9,29 @@ bounded: every read is one entry range. All input problems raise ``InputError`` 
 
 from __future__ import annotations
 
+import zipfile
+
 from jjepa.common.errors import InputError
-from jjepa.preprocess.readers import generic, jetclass, toptagging
+from jjepa.preprocess.readers import generic, jetclass, qg, toptagging
 from jjepa.preprocess.readers._errors import wrap_io_errors
 from jjepa.preprocess.readers.base import GenericOptions, JetChunk, SourceInfo, container_kind
 
-FORMATS: tuple[str, ...] = ("auto", "jetclass", "toptagging", "generic")
-_MODULES = {"jetclass": jetclass, "toptagging": toptagging, "generic": generic}
+FORMATS: tuple[str, ...] = ("auto", "jetclass", "toptagging", "qg", "generic")
+_MODULES = {"jetclass": jetclass, "toptagging": toptagging, "qg": qg, "generic": generic}
 
 
 def detect_format(path) -> str:
     """Tell the format of ``path`` from its content.
 
     ``jetclass`` for a ROOT file whose TTree ``tree`` has ``part_px``; ``toptagging`` for an
-    HDF5 file with the compound dataset ``/table/table``; ``generic`` for any other ROOT or HDF5
-    file (which then needs branch names). ROOT and HDF5 are told by the first bytes, so a file's
-    extension does not matter.
+    HDF5 file with the compound dataset ``/table/table``; ``qg`` for a NumPy ``.npz`` holding
+    arrays ``X`` and ``y``; ``generic`` for any other ROOT or HDF5 file (which then needs branch
+    names). ROOT, HDF5 and npz (zip) are told by the first bytes, so a file's extension does not
+    matter.
 
     Raises:
-        InputError: the file is missing, unreadable, or neither ROOT nor HDF5.
+        InputError: the file is missing, unreadable, neither ROOT, HDF5 nor npz, or an npz
+            without ``X`` and ``y``.
     """
     import h5py
     import uproot
@@ -43,7 +47,14 @@ def detect_format(path) -> str:
             node = f.get(toptagging.TABLE)
             is_table = isinstance(node, h5py.Dataset) and node.dtype.names is not None
             return "toptagging" if is_table else "generic"
-    raise InputError(path, "neither a ROOT nor an HDF5 file (judged by its first bytes)",
+    if kind == "npz":
+        with wrap_io_errors(path, "open as npz"), zipfile.ZipFile(path) as archive:
+            arrays = qg.array_names(archive)
+        if all(name in arrays for name in qg.ARRAYS):
+            return "qg"
+        raise InputError(path, f"an npz file with arrays {arrays}; the only npz layout read is the "
+                         f"quark-gluon one, with arrays {list(qg.ARRAYS)}", hint=qg.HINT)
+    raise InputError(path, "neither a ROOT nor an HDF5 file nor an npz archive (judged by its first bytes)",
                      hint="the file may be corrupt or incompletely downloaded")
 
 

@@ -16,6 +16,8 @@ from jjepa.common.errors import InputError
 JETCLASS_CLASSES: tuple[str, ...] = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
 #: Top Quark Tagging reference dataset class names (``is_signal_new``: 1 = top).
 TOPTAGGING_CLASSES: tuple[str, ...] = ("QCD", "top")
+#: Quark–gluon (EnergyFlow) class names, index = the file's ``y`` (0 = gluon, 1 = quark).
+QG_CLASSES: tuple[str, ...] = ("gluon", "quark")
 
 
 @dataclass
@@ -89,6 +91,7 @@ def offsets_from_counts(counts: np.ndarray) -> np.ndarray:
 
 
 _ROOT_MAGIC = b"root"
+_ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first local file header; an .npz is a zip of .npy files
 
 
 def require_file(path) -> None:
@@ -101,10 +104,11 @@ def require_file(path) -> None:
 
 
 def container_kind(path) -> str | None:
-    """``"root"`` or ``"hdf5"`` judged from the file's first bytes (not its name); ``None`` if neither.
+    """``"root"``, ``"hdf5"`` or ``"npz"``, judged from the file's first bytes (not its name), else ``None``.
 
     ROOT files start with ``root``; HDF5 files carry their signature at byte 0 or after a user
-    block (``h5py.is_hdf5`` knows where to look).
+    block (``h5py.is_hdf5`` knows where to look); NumPy ``.npz`` files are zip archives, which
+    start with ``PK\\x03\\x04`` (whether ``np.savez`` or ``np.savez_compressed`` wrote them).
     """
     import h5py
 
@@ -114,6 +118,8 @@ def container_kind(path) -> str | None:
             head = f.read(4)
         if head == _ROOT_MAGIC:
             return "root"
+        if head == _ZIP_MAGIC:
+            return "npz"
         return "hdf5" if h5py.is_hdf5(str(path)) else None
     except OSError as err:
         raise InputError(str(path), f"cannot read: {err}") from err

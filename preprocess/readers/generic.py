@@ -225,6 +225,9 @@ def _h5_read(path: str, start: int, stop: int, options: GenericOptions, names):
 
 def _container(path: str) -> str:
     kind = container_kind(path)
+    if kind == "npz":
+        raise InputError(path, "a NumPy .npz archive, which the generic reader does not read",
+                         hint="quark-gluon files (arrays X and y) are read with --format qg")
     if kind is None:
         raise InputError(path, "neither a ROOT nor an HDF5 file (judged by its first bytes)",
                          hint="the file may be corrupt or incompletely downloaded")

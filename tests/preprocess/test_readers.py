@@ -481,7 +481,7 @@ def test_detect_format_goes_by_content_not_name(tmp_path):
     assert detect_format(tmp_path / "jets.bin") == "toptagging"
     assert source_info("auto", tmp_path / "jets.bin").classes == TOPTAGGING_CLASSES
     assert read_chunk("auto", tmp_path / "jets.dat", 3, 5).labels.tolist() == [1, 0]
-    assert FORMATS == ("auto", "jetclass", "toptagging", "generic")
+    assert FORMATS == ("auto", "jetclass", "toptagging", "qg", "generic")
     with pytest.raises(ValueError, match="format must be one of"):
         source_info("parquet", tmp_path / "jets.dat")
 
