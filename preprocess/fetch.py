@@ -14,7 +14,6 @@ them again. HTTP uses only ``urllib``; no dependency beyond tqdm for the progres
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
@@ -28,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from jjepa.common.atomic import write_json_atomic
+from jjepa.common.atomic import file_digest, write_json_atomic
 from jjepa.common.errors import JJepaError
 from jjepa.preprocess.datasets import DatasetSpec, RemoteFile
 from tqdm.auto import tqdm
@@ -121,15 +120,9 @@ def human_size(n_bytes: int) -> str:
     return f"{size:.1f} GB"
 
 
-def md5_file(path: str | os.PathLike, block: int = BLOCK) -> str:
-    """The md5 hex digest of a file, streamed in ``block``-byte reads into one reused buffer."""
-    digest = hashlib.md5()
-    buffer = bytearray(block)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
+def md5_file(path: str | os.PathLike) -> str:
+    """The md5 hex digest of a file (what the datasets publish)."""
+    return file_digest(path, "md5")
 
 
 # --- checksums --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ One call of ``finetune`` fills a run folder::
     out/train_log.csv           step, epoch, train_loss, val_loss, val_accuracy, lr
     out/checkpoints/best.pt     the classifier with the best validation loss
     out/metrics.json            test-set metrics of that classifier (accuracy, auc, rej_at_50, rej_at_30, …)
-    out/roc.csv, out/roc.png    the test-set ROC (for ``dvc plots``) and its figure (two classes)
+    out/roc.csv, out/roc.png    the test-set ROC (for ``dvc plots``) and its figure; one curve per signal class
     out/test_predictions.npz    labels (J,), class probabilities (J, C) and class names, test set
 
 The model kept is the one with the lowest *validation* loss (early stopping after ``patience``
@@ -35,7 +35,7 @@ from jjepa.train.classifier import JetClassifier, encoder_state, load_encoder
 from jjepa.train.config import PRESETS, FinetuneConfig, ModelConfig, config_from_dict
 from jjepa.train.data import PRETRAIN_FIELDS, ShardLoader, ShardSet
 from jjepa.train.distributed import autocast, resolve_device
-from jjepa.train.metrics import background_index, json_safe, plot_roc, tagging_metrics, write_roc_csv
+from jjepa.train.metrics import json_safe, plot_roc, tagging_curves, tagging_metrics, write_roc_curves_csv
 from jjepa.train.optim import lr_at, param_groups, set_lr
 from jjepa.train.subsets import stratified_subset
 from jjepa.train.transform import InputTransform, batch_inputs
@@ -252,11 +252,8 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
                     "n_test": int(len(labels))})
     metrics = json_safe(metrics)
     write_json_atomic(out / "metrics.json", metrics)
-    if len(classes) == 2:
-        signal = 1 - background_index(classes)
-        is_signal = (labels == signal).astype(np.int64)
-        write_roc_csv(out / "roc.csv", is_signal, probs[:, signal])
-        plot_roc({f"{config.mode}, {classes[signal]} vs {classes[1 - signal]}": (is_signal, probs[:, signal])},
-                 out / "roc.png")
+    curves = tagging_curves(labels, probs, classes)
+    write_roc_curves_csv(out / "roc.csv", curves)
+    plot_roc({f"{config.mode}, {name}": curve for name, curve in curves.items()}, out / "roc.png")
     log.info("test: accuracy %.4f, AUC %.4f", metrics["accuracy"], metrics["auc"])
     return metrics

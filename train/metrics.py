@@ -243,14 +243,49 @@ def roc_table(labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) ->
             "background_rejection": 1.0 / fpr}
 
 
-def write_roc_csv(path: str | Path, labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) -> None:
-    """Write :func:`roc_table` to ``path`` as CSV (header :data:`ROC_COLUMNS`), atomically, for ``dvc plots``."""
-    table = roc_table(labels, scores, max_points)
+def tagging_curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, tuple]:
+    """The ROC inputs of a tagger: one curve per signal class X, against the background.
+
+    Args:
+        labels: (J,) int in [0, C).
+        probs: (J, C) float softmax probabilities.
+        classes: the C class names; the background is ``QCD`` (any case) when present, else class 0.
+
+    Returns:
+        ``"X vs <background>"`` -> ``(is_signal, score)`` for every class X but the background, on the
+        jets of X or the background, scored by p_X / (p_X + p_bkg) (the ParT convention; with two
+        classes this is p_X itself).
+    """
+    labels, probs = _check_multiclass(labels, probs, classes)
+    bkg = background_index(classes)
+    curves = {}
+    for signal, name in enumerate(classes):
+        if signal != bkg:
+            keep = (labels == signal) | (labels == bkg)
+            curves[f"{name} vs {classes[bkg]}"] = ((labels[keep] == signal).astype(np.int64),
+                                                    _pair_score(probs[keep, signal], probs[keep, bkg]))
+    return curves
+
+
+def write_roc_curves_csv(path: str | Path, curves: Mapping[str, tuple], max_points: int = 1000) -> None:
+    """Write the :func:`roc_table` of every curve to ``path`` as CSV, atomically, for ``dvc plots``.
+
+    One curve: the header is :data:`ROC_COLUMNS`. Several (multi-class taggers): a leading ``signal``
+    column names each row's curve (the keys of ``curves``), in long format.
+    """
+    columns = ROC_COLUMNS if len(curves) == 1 else ("signal", *ROC_COLUMNS)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(ROC_COLUMNS)
-        for row in zip(*(table[column] for column in ROC_COLUMNS), strict=True):
-            writer.writerow([f"{value:.10g}" for value in row])
+        writer.writerow(columns)
+        for name, (labels, scores) in curves.items():
+            table = roc_table(labels, scores, max_points)
+            for row in zip(*(table[column] for column in ROC_COLUMNS), strict=True):
+                writer.writerow(([name] if len(curves) > 1 else []) + [f"{value:.10g}" for value in row])
+
+
+def write_roc_csv(path: str | Path, labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) -> None:
+    """Write :func:`roc_table` to ``path`` as CSV (header :data:`ROC_COLUMNS`), atomically, for ``dvc plots``."""
+    write_roc_curves_csv(path, {"signal": (labels, scores)}, max_points)
 
 
 @contextlib.contextmanager

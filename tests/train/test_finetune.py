@@ -179,8 +179,9 @@ def test_cli_finetune_reports_metrics(simulated_splits, pretrained, tmp_path):
     assert metrics["n_train_labels"] == 100 and metrics["aggregation"] == "cls_attn"
 
 
-def write_jetclass_like(folder, n_per_class: int, seed: int):
-    """Toy top (label 8, Tbqq) and QCD (label 0) jets in shards naming all ten JetClass classes."""
+def write_jetclass_like(folder, n_per_class: int, seed: int, kinds=((1, 8), (0, 0))):
+    """Toy jets in shards naming all ten JetClass classes: per (toy label, class) pair of ``kinds``,
+    ``n_per_class`` jets; by default top (toy 1 as Tbqq, label 8) and QCD (toy 0, label 0)."""
     from jjepa.common.schema import ClusterConfig, ShardAttrs
     from jjepa.common.shards import Manifest, record_for, shard_name, write_manifest, write_shard
     from jjepa.train.synthetic import toy_jets
@@ -189,7 +190,7 @@ def write_jetclass_like(folder, n_per_class: int, seed: int):
     config = ClusterConfig(n_subjets=10, n_particles=12)
     manifest = Manifest(cluster=config, classes=names)
     folder.mkdir()
-    for k, (toy_label, label) in enumerate(((1, 8), (0, 0))):
+    for k, (toy_label, label) in enumerate(kinds):
         arrays = toy_jets(n_per_class, toy_label, 10, 12, seed + k)
         arrays.labels[:] = label
         path = folder / shard_name(k)
@@ -208,3 +209,19 @@ def test_classes_without_training_jets_are_dropped(tmp_path):
     stored = load_checkpoint(tmp_path / "ft" / "checkpoints" / "best.pt")
     assert stored["classes"] == ["QCD", "Tbqq"]
     assert stored["classifier"]["head.linear.weight"].shape[0] == 2
+
+
+def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path):
+    """Three classes (QCD, Wqq, Tbqq): per-class rejections against QCD, and roc.csv in long format."""
+    kinds = ((1, 8), (1, 7), (0, 0))
+    splits = {name: write_jetclass_like(tmp_path / name, n, seed, kinds)
+              for name, n, seed in (("train", 120, 0), ("val", 40, 10), ("test", 40, 20))}
+    metrics = finetune(config_for(splits, tmp_path / "ft", mode="scratch", preset="tiny"), progress=False)
+    assert {"rej_at_50_Wqq", "rej_at_50_Tbqq", "rej_at_30_Wqq", "rej_at_30_Tbqq"} <= set(metrics)
+    assert "rej_at_50_QCD" not in metrics and metrics["n_test"] == 120
+    with open(tmp_path / "ft" / "roc.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"signal", "signal_efficiency", "background_efficiency", "background_rejection"}
+    assert {row["signal"] for row in rows} == {"Wqq vs QCD", "Tbqq vs QCD"}
+    for row in rows:
+        assert float(row["background_rejection"]) == pytest.approx(1 / float(row["background_efficiency"]))

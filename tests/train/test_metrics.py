@@ -17,6 +17,7 @@ from jjepa.train.metrics import (
     multiclass_metrics,
     plot_roc,
     roc_table,
+    tagging_curves,
     tagging_metrics,
     write_roc_csv,
 )
@@ -295,3 +296,23 @@ def test_plot_roc_failure_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         plot_roc({"bad": (np.array([1, 1]), np.array([0.1, 0.2]))}, tmp_path / "roc.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tagging_curves_pair_each_signal_class_with_the_background():
+    rng = np.random.default_rng(3)
+    classes = ("Tbqq", "QCD", "Wqq")
+    labels = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300)
+    probs[np.arange(300), labels] += 0.3
+    probs /= probs.sum(axis=1, keepdims=True)
+    curves = tagging_curves(labels, probs, classes)
+    assert list(curves) == ["Tbqq vs QCD", "Wqq vs QCD"]
+    metrics = multiclass_metrics(labels, probs, classes)
+    for signal, name in ((0, "Tbqq"), (2, "Wqq")):
+        is_signal, score = curves[f"{name} vs QCD"]
+        keep = (labels == signal) | (labels == 1)
+        assert np.array_equal(is_signal, labels[keep] == signal)
+        expected = probs[keep, signal] / (probs[keep, signal] + probs[keep, 1])
+        assert np.allclose(score, expected)
+        assert roc_auc_score(is_signal, score) == pytest.approx(roc_auc_score(labels[keep] == signal, expected))
+        assert binary_metrics(is_signal, score)["rej_at_50"] == pytest.approx(metrics[f"rej_at_50_{name}"])
