@@ -172,6 +172,19 @@ def _simulator():
     return SimConfig, simulate_to_file
 
 
+def _simulation_options(command):
+    """The options ``demo`` and ``simulate`` share: processes, the jet selection, the progress bar."""
+    for option in reversed((
+        click.option("--workers", type=int, default=None, help="Processes [default: number of cores]."),
+        click.option("--pt-min", type=float, default=550.0, help="Jet pT window lower edge [GeV]."),
+        click.option("--pt-max", type=float, default=650.0, help="Jet pT window upper edge [GeV]."),
+        click.option("--abs-eta-max", type=float, default=2.0, help="Jet |η| cut."),
+        click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+    )):
+        command = option(command)
+    return command
+
+
 #: The demo's files per split, named as in JetClass so the jetclass reader's class names apply.
 DEMO_FILES = {"top": "TTBar_000.root", "qcd": "ZJetsToNuNu_000.root"}
 
@@ -183,11 +196,7 @@ DEMO_FILES = {"top": "TTBar_000.root", "qcd": "ZJetsToNuNu_000.root"}
 @click.option("--n-jets", type=int, required=True, help="Jets per process (top and QCD).")
 @click.option("--top-seed", type=int, required=True, help="Base seed of the top jets.")
 @click.option("--qcd-seed", type=int, required=True, help="Base seed of the QCD jets.")
-@click.option("--workers", type=int, default=None, help="Processes [default: number of cores].")
-@click.option("--pt-min", type=float, default=550.0, help="Jet pT window lower edge [GeV].")
-@click.option("--pt-max", type=float, default=650.0, help="Jet pT window upper edge [GeV].")
-@click.option("--abs-eta-max", type=float, default=2.0, help="Jet |η| cut.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@_simulation_options
 @reports_errors
 def demo(out, dataset, n_jets, top_seed, qcd_seed, workers, pt_min, pt_max, abs_eta_max, progress):
     """Simulate one split of the demo: top and QCD jets, in JetClass ROOT files under --out.
@@ -220,11 +229,7 @@ def demo(out, dataset, n_jets, top_seed, qcd_seed, workers, pt_min, pt_max, abs_
               help="Output layout: JetClass ROOT or Top Tagging HDF5.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output file (.root or .h5).")
 @click.option("--seed", type=int, default=1, help="Base seed; chunk k uses seed + k.")
-@click.option("--workers", type=int, default=None, help="Processes [default: number of cores].")
-@click.option("--pt-min", type=float, default=550.0, help="Jet pT window lower edge [GeV].")
-@click.option("--pt-max", type=float, default=650.0, help="Jet pT window upper edge [GeV].")
-@click.option("--abs-eta-max", type=float, default=2.0, help="Jet |η| cut.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@_simulation_options
 @reports_errors
 def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_max, progress):
     """Generate anti-kT R=0.8 jets with Pythia 8 (pp, 14 TeV) and write them in a real dataset layout.
