@@ -24,7 +24,7 @@ def _default_workers(workers: int | None) -> int:
 #: Inputs ``cluster --dataset`` knows how to find: the demo, and what ``fetch`` downloads.
 DATASET_LAYOUTS = ("demo", *DATASETS)
 
-_BRANCH_KEYS = ("tree", "px", "py", "pz", "pt", "eta", "phi", "energy", "label")
+_BRANCH_KEYS = ("tree", "px", "py", "pz", "pt", "eta", "phi", "energy", "label", "counts")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -106,13 +106,15 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
 @click.option("--energy", default=None, help="generic: branch/dataset of constituent energy [GeV].")
 @click.option("--label", default=None, help="generic: branch/dataset of the integer class label (omit: unlabeled, −1).")
 @click.option("--classes", default=None, help="generic: comma-separated class names, index = label.")
+@click.option("--counts", default=None,
+              help="generic HDF5: 1-D dataset of constituents per jet, when the constituent datasets are flat.")
 @click.option("--branches", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="generic: YAML file with the keys tree, px, py, pz, pt, eta, phi, energy, label, classes.")
+              help="generic: YAML file with the keys tree, px, py, pz, pt, eta, phi, energy, label, classes, counts.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @reports_errors
 def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algorithm, radius, n_subjets, n_particles,
             chunk_size, backend, on_bad_jet, workers, scheduler, resume, force, max_jets, tree, px, py, pz, pt, eta,
-            phi, energy, label, classes, branches, progress):
+            phi, energy, label, classes, counts, branches, progress):
     """Recluster the jets of INPUTS (ROOT, HDF5 or quark-gluon npz) into subjets and write fixed-size HDF5 shards.
 
     Each jet is reclustered into inclusive subjets (Cambridge–Aachen, R=0.2 by default); the S
@@ -137,7 +139,7 @@ def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algori
     except ValueError as err:
         raise JJepaError(str(err)) from None
     options = _generic_options(branches, classes, tree=tree, px=px, py=py, pz=pz, pt=pt, eta=eta, phi=phi,
-                               energy=energy, label=label)
+                               energy=energy, label=label, counts=counts)
     run = ClusterRun(inputs=tuple(inputs), out=out, fmt=fmt, cluster=cluster_config, options=options,
                      chunk_size=chunk_size, backend=backend, on_bad_jet=on_bad_jet,
                      workers=_default_workers(workers), scheduler=scheduler,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.train.metrics import background_index, json_safe, plot_roc
+from jjepa.train.metrics import json_safe, plot_roc, tagging_curves
 from jjepa.train.scan import cell_name, plot_rejection_vs_labels, summarise, summary_markdown
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,15 @@ def evaluate(scans: list[str | Path], out: str | Path) -> dict:
 
 
 def _largest_cells(rows: list[dict]) -> dict:
-    """Per mode, (signal labels, signal scores) of the test predictions at its largest label count, first seed."""
+    """Per mode, the test ROC inputs at its largest label count (first seed): one curve per signal class."""
     curves = {}
     for mode in dict.fromkeys(r["mode"] for r in rows):
         cell = min((r for r in rows if r["mode"] == mode), key=lambda r: (-r["n_train_labels"], r["seed"]))
         with np.load(cell["folder"] / "test_predictions.npz") as saved:
             labels, probs, classes = saved["labels"], saved["probs"], [str(c) for c in saved["classes"]]
-        if len(classes) != 2:
-            raise JJepaError(f"{cell['folder']}: the ROC overlay is drawn for two classes, not {len(classes)}")
-        signal = 1 - background_index(classes)
-        curves[f"{mode} ({cell['n_train_labels']} labels)"] = ((labels == signal).astype(np.int64), probs[:, signal])
+        pairs = tagging_curves(labels, probs, classes)
+        for name, curve in pairs.items():
+            shown = f"{mode}, {name}" if len(pairs) > 1 else mode
+            curves[f"{shown} ({cell['n_train_labels']} labels)"] = curve
     return curves
 

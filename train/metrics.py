@@ -155,7 +155,9 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[
         ``accuracy`` (argmax), ``auc`` (macro one-vs-rest; with C == 2 the AUC of the signal
         class's probability, which the one-vs-rest average equals), and for every other class X
         ``rej_at_50_<X>`` and ``rej_at_30_<X>``: 1/εB on the jets of X or the background ranked by
-        p_X / (p_X + p_bkg). With C == 2 also the plain ``rej_at_50`` and ``rej_at_30`` of that pair.
+        p_X / (p_X + p_bkg). Also the plain ``rej_at_50`` and ``rej_at_30``: with C == 2 those of the
+        pair; with C > 2 those of "any signal class against the background", ranked by 1 − p_bkg
+        (the headline figure the scan and its plots use for every number of classes).
     """
     labels, probs = _check_multiclass(labels, probs, classes)
     bkg = background_index(classes, background)
@@ -175,6 +177,10 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[
             metrics[f"rej_at_{suffix}_{name}"] = rejection
             if len(classes) == 2:
                 metrics[f"rej_at_{suffix}"] = rejection
+    if len(classes) > 2:
+        tpr, fpr = roc_points((labels != bkg).astype(np.int64), 1.0 - probs[:, bkg])
+        for suffix, efficiency in WORKING_POINTS.items():
+            metrics[f"rej_at_{suffix}"] = _rejection(background_efficiency_at(tpr, fpr, efficiency))
     return metrics
 
 

@@ -442,6 +442,27 @@ def test_generic_hdf5_flat_with_counts_and_compression(tmp_path):
     np.testing.assert_array_equal(back.labels, chunk.labels[7:19] % 2)
 
 
+def test_cluster_cli_reads_flat_hdf5_with_counts(tmp_path):
+    """``--counts`` (or ``counts:`` in the --branches YAML) reaches the flat HDF5 layout from the CLI."""
+    from click.testing import CliRunner
+    from jjepa.common.shards import read_manifest
+    from jjepa.preprocess.cli import main
+
+    chunk = toy_chunk()
+    path = tmp_path / "flat.h5"
+    with h5py.File(path, "w") as f:
+        for name in ("px", "py", "pz", "energy"):
+            f[name] = getattr(chunk, name)
+        f["n"] = np.diff(chunk.offsets).astype(np.int32)
+    (tmp_path / "branches.yaml").write_text("px: px\npy: py\npz: pz\nenergy: energy\ncounts: n\n")
+    common = ["--format", "generic", "--workers", "0", "--no-progress"]
+    for name, names in (("cli", ["--px", "px", "--py", "py", "--pz", "pz", "--energy", "energy", "--counts", "n"]),
+                        ("yaml", ["--branches", str(tmp_path / "branches.yaml")])):
+        result = CliRunner().invoke(main, ["cluster", str(path), "--out", str(tmp_path / name), *common, *names])
+        assert result.exit_code == 0, result.output
+        assert read_manifest(tmp_path / name).n_jets == N_JETS
+
+
 def test_generic_hdf5_unsupported_layouts_say_what_is_supported(tmp_path):
     path = tmp_path / "qg.h5"
     write_h5(path, X=np.ones((4, 3, 4)), flat=np.ones(6))

@@ -13,7 +13,7 @@ from jjepa.common.schema import validate_shard
 from jjepa.common.shards import read_manifest
 from jjepa.preprocess.cli import main
 from jjepa.preprocess.readers import FORMATS, detect_format, read_chunk, source_info
-from jjepa.preprocess.readers.base import QG_CLASSES
+from jjepa.preprocess.readers.base import QG_CLASSES, GenericOptions
 from jjepa.preprocess.readers.qg import PARTICLE_MASSES, masses
 
 PION_MASS = 0.13957  # GeV, EnergyFlow's mass of |PDG id| 211
@@ -191,6 +191,8 @@ def test_detect_format_needs_x_and_y_in_an_npz(tmp_path):
     write_qg(tmp_path / "jets.bin", HAND_X, HAND_Y)  # told by content, not by name
     assert detect_format(tmp_path / "jets.bin") == "qg"
     assert "qg" in FORMATS
+    with pytest.raises(InputError, match="generic reader does not read.*--format qg"):
+        source_info("generic", tmp_path / "jets.bin", GenericOptions(px="X", py="X", pz="X", energy="X"))
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.9])

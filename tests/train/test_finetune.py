@@ -212,16 +212,27 @@ def test_classes_without_training_jets_are_dropped(tmp_path):
 
 
 def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path):
-    """Three classes (QCD, Wqq, Tbqq): per-class rejections against QCD, and roc.csv in long format."""
+    """Three classes (QCD, Wqq, Tbqq), through scan and evaluate: per-class rejections against QCD,
+    roc.csv in long format, and the comparison report."""
     kinds = ((1, 8), (1, 7), (0, 0))
     splits = {name: write_jetclass_like(tmp_path / name, n, seed, kinds)
               for name, n, seed in (("train", 120, 0), ("val", 40, 10), ("test", 40, 20))}
-    metrics = finetune(config_for(splits, tmp_path / "ft", mode="scratch", preset="tiny"), progress=False)
-    assert {"rej_at_50_Wqq", "rej_at_50_Tbqq", "rej_at_30_Wqq", "rej_at_30_Tbqq"} <= set(metrics)
+    metrics = scan(config_for(splits, tmp_path / "unused", mode="scratch", preset="tiny"), [1.0], ["scratch"], [0],
+                   tmp_path / "scan",
+                   progress=False)[0]
+    assert {"accuracy", "auc"} <= set(metrics)
+    metrics = json.loads((tmp_path / "scan" / "scratch-f1-s0" / "metrics.json").read_text())
+    assert {"rej_at_50_Wqq", "rej_at_50_Tbqq", "rej_at_30_Wqq", "rej_at_30_Tbqq", "rej_at_50"} <= set(metrics)
     assert "rej_at_50_QCD" not in metrics and metrics["n_test"] == 120
-    with open(tmp_path / "ft" / "roc.csv", newline="") as f:
+    with open(tmp_path / "scan" / "scratch-f1-s0" / "roc.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert set(rows[0]) == {"signal", "signal_efficiency", "background_efficiency", "background_rejection"}
     assert {row["signal"] for row in rows} == {"Wqq vs QCD", "Tbqq vs QCD"}
     for row in rows:
         assert float(row["background_rejection"]) == pytest.approx(1 / float(row["background_efficiency"]))
+    # The pipeline's comparison draws one ROC per signal class and reports accuracy and macro AUC.
+    from jjepa.train.evaluate import evaluate
+
+    compared = evaluate([tmp_path / "scan"], tmp_path / "report")
+    assert compared["scratch"][f"labels_{metrics['n_train_labels']}"]["auc"] == pytest.approx(metrics["auc"])
+    assert (tmp_path / "report" / "roc.png").stat().st_size > 0

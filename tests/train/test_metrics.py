@@ -138,7 +138,12 @@ def test_multiclass_auc_accuracy_and_per_class_rejection():
     metrics = multiclass_metrics(labels, probs, classes)
     assert metrics["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
     assert metrics["accuracy"] == pytest.approx(accuracy_score(labels, probs.argmax(axis=1)))
-    assert set(metrics) == {"accuracy", "auc", "rej_at_50_Hbb", "rej_at_30_Hbb", "rej_at_50_Top", "rej_at_30_Top"}
+    assert set(metrics) == {"accuracy", "auc", "rej_at_50_Hbb", "rej_at_30_Hbb", "rej_at_50_Top", "rej_at_30_Top",
+                            "rej_at_50", "rej_at_30"}
+    # Headline: any signal class against the background, ranked by 1 - p_bkg, over all jets.
+    any_signal = (labels != 1).astype(int)
+    assert metrics["rej_at_50"] == pytest.approx(1 / _brute_background_efficiency(any_signal, 1 - probs[:, 1], 0.5))
+    assert metrics["rej_at_30"] == pytest.approx(binary_metrics(any_signal, 1 - probs[:, 1])["rej_at_30"])
     for signal, name in ((0, "Hbb"), (2, "Top")):
         keep = (labels == signal) | (labels == 1)
         subset = (labels[keep] == signal).astype(int)
@@ -155,9 +160,9 @@ def test_multiclass_background_argument_and_fallback():
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 3, size=600)
     probs = _toy_probs(labels, 3, 1.0, rng)
-    assert {k for k in multiclass_metrics(labels, probs, ("a", "b", "c")) if k.startswith("rej_at_50")} == \
+    assert {k for k in multiclass_metrics(labels, probs, ("a", "b", "c")) if k.startswith("rej_at_50_")} == \
         {"rej_at_50_b", "rej_at_50_c"}
-    assert {k for k in multiclass_metrics(labels, probs, ("a", "b", "c"), background="C") if k.startswith("rej_at_50")} == \
+    assert {k for k in multiclass_metrics(labels, probs, ("a", "b", "c"), background="C") if k.startswith("rej_at_50_")} == \
         {"rej_at_50_a", "rej_at_50_b"}
     with pytest.raises(ValueError, match="background"):
         multiclass_metrics(labels, probs, ("a", "b", "c"), background="QCD")
