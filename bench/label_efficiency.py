@@ -16,6 +16,7 @@ JSON line gives. Example::
 
     python bench/label_efficiency.py --n-jets 100000 --pretrain-steps 3000
     python bench/label_efficiency.py --pretrain-steps 1500 --set mask_fraction=0.5 --labels 100,1000
+    python bench/label_efficiency.py --pretrain-steps 1500 --modes finetune --finetune-set encoder_lr_scale=1.0
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="pretraining config override, e.g. mask_fraction=0.5 (repeatable; part of the cache key)")
+    parser.add_argument("--finetune-set", dest="finetune_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="finetuning config override, e.g. encoder_lr_scale=0.01 (repeatable; part of the scan's key)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -99,6 +102,7 @@ def main() -> None:
     folders = split(shards(args.cache, inputs(args.cache, args.n_jets), args.chunk_size), args.cache)
     n_train = read_manifest(folders["train"]).n_jets
     overrides = dict(item.split("=", 1) for item in args.overrides)
+    finetune_overrides = dict(item.split("=", 1) for item in args.finetune_overrides)
     tag = "-".join([f"s{args.pretrain_steps}", f"b{args.batch_size}"] + [f"{k}={v}" for k, v in sorted(overrides.items())])
     run = args.cache / "label-efficiency" / f"pretrain-{tag}"
     start = time.perf_counter()
@@ -115,8 +119,10 @@ def main() -> None:
     base = resolve_finetune_config({
         "train": str(folders["train"]), "val": str(folders["val"]), "test": str(folders["test"]),
         "checkpoint": str(run / "checkpoints" / "last.pt"), "epochs": args.finetune_epochs,
-        "batch_size": args.batch_size, "val_batches": 8, "device": args.device, "out": "unused"})
-    scan_dir = args.cache / "label-efficiency" / f"scan-{tag}"
+        "batch_size": args.batch_size, "val_batches": 8, "device": args.device, "out": "unused",
+        **finetune_overrides})
+    scan_dir = args.cache / "label-efficiency" / "-".join(
+        [f"scan-{tag}"] + [f"ft.{k}={v}" for k, v in sorted(finetune_overrides.items())])
     rows = scan(base, fractions, args.modes.split(","), [int(s) for s in args.seeds.split(",")], scan_dir,
                 progress=False)
 
@@ -131,7 +137,8 @@ def main() -> None:
     pre, scratch = figure("finetune", smallest, "rej_at_50"), figure("scratch", smallest, "rej_at_50")
     print(json.dumps({
         "benchmark": "label_efficiency", "n_jets": args.n_jets, "n_train": n_train,
-        "pretrain_steps": args.pretrain_steps, "overrides": overrides, "pretrain_seconds": round(pretrain_seconds, 1),
+        "pretrain_steps": args.pretrain_steps, "overrides": overrides,
+        "finetune_overrides": finetune_overrides, "pretrain_seconds": round(pretrain_seconds, 1),
         "pretrain_loss_first_last": [float(log_rows["loss"][0]), float(log_rows["loss"][-1])],
         "target_std_last": float(log_rows["target_std"][-1]), "target_rank_last": float(log_rows["target_rank"][-1]),
         "results": table,

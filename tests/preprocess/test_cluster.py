@@ -20,9 +20,9 @@ def partitions(assign: np.ndarray, n_subjets: np.ndarray, offsets: np.ndarray) -
     return out
 
 
-def assert_same_as_fastjet(px, py, pz, e, offsets, algorithm, radius):
+def assert_same_as_fastjet(px, py, pz, e, offsets, algorithm, radius, strategy=None):
     ours = partitions(*cluster(px, py, pz, e, offsets, algorithm, radius), offsets)
-    theirs = partitions(*cluster_fastjet(px, py, pz, e, offsets, algorithm, radius), offsets)
+    theirs = partitions(*cluster_fastjet(px, py, pz, e, offsets, algorithm, radius, strategy=strategy), offsets)
     mismatched = [j for j, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
     assert not mismatched, f"{len(mismatched)} of {len(ours)} jets differ from FastJet, first: jet {mismatched[0]}"
     for j, subjets in enumerate(ours):  # every constituent in exactly one subjet
@@ -120,3 +120,41 @@ def test_zero_pt_lightlike_constituent_matches_fastjet():
     offsets = np.array([0, 3])
     assert_same_as_fastjet(px, py, pz, e, offsets, "ca", 0.4)
     assert_same_as_fastjet(px, py, pz, e, offsets, "antikt", 0.4)
+
+
+def lattice_jets(seed, n_jets, radius, phi0=0.0):
+    """Jets of 60–200 massless constituents on a 9×9 (y, φ) lattice: many exact ties.
+
+    The spacing is R/2, R or R (1 + 1e-6) (neighbours exactly at the R boundary), the lattice sits
+    at φ0, and constituents share sites and one of three pTs: ties in ΔR and in d_ij everywhere.
+    """
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(60, 201, n_jets)
+    pt, eta, phi = [], [], []
+    for k in counts:
+        step = radius * rng.choice([0.5, 1.0, 1.0 + 1e-6])
+        eta.append(rng.uniform(-2, 2) + step * rng.integers(-4, 5, k))
+        phi.append(phi0 + step * rng.integers(-4, 5, k))
+        pt.append(rng.choice([1.0, 2.0, 5.0], k))
+    return jets_from_pt_eta_phi(np.concatenate(pt), np.concatenate(eta), np.concatenate(phi), counts)
+
+
+@pytest.mark.parametrize("algorithm", ["ca", "kt", "antikt"])
+@pytest.mark.parametrize("radius", [0.2, 0.4, 1.0])
+def test_lattice_ties_match_fastjet_n2plain(algorithm, radius):
+    """Duplicated constituents on a lattice, straddling φ = 0/2π and ±π: N2Plain's tie-breaking.
+
+    With exact ties the partition depends on FastJet's strategy: its default (``Best``) takes a
+    tiled strategy for jets this large and breaks some ties differently, so the oracle here is
+    ``N2Plain``, the strategy the kernel follows step for step.
+    """
+    for phi0 in (0.0, math.pi):
+        jets = lattice_jets(seed=int(radius * 10), n_jets=60, radius=radius, phi0=phi0)
+        assert_same_as_fastjet(*jets, algorithm, radius, strategy="N2Plain")
+
+
+def test_identical_constituents_match_fastjet_n2plain():
+    """One momentum repeated 100 times: every pair ties at ΔR = 0."""
+    same = jets_from_pt_eta_phi(np.full(100, 7.0), np.full(100, 0.3), np.full(100, 1.0), [100])
+    for algorithm in ("ca", "kt", "antikt"):
+        assert_same_as_fastjet(*same, algorithm, 0.2, strategy="N2Plain")
