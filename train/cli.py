@@ -72,7 +72,7 @@ def _pairs(items: tuple[str, ...]) -> dict:
 @click.option("--lr", type=float, default=None, help="Peak learning rate. [default: 5e-4]")
 @click.option("--mask-fraction", type=float, default=None, help="Share of real subjets that are targets. [default: 0.3]")
 @click.option("--context-sees-targets", type=bool, default=None,
-              help="true (paper): encoders see the whole jet, outputs masked; false: I-JEPA style input masking.")
+              help="false: I-JEPA style input masking (better in our benchmarks); true: the paper's (encoders see the whole jet, outputs masked). [default: false]")
 @click.option("--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when present. [default: auto]")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the networks.")
 @click.option("--seed", type=int, default=None, help="Seeds init, reading order and masks. [default: 0]")

@@ -4,8 +4,9 @@
    (``SubjetTransformer``); the context encoder learns by gradient, the target encoder is its EMA
    (``jjepa.train.ema``).
 2. Masks (``jjepa.train.masking``) split each jet's real subjets into targets (~30%) and context.
-   By default (the paper) both encoders see the whole jet and the outputs are masked afterwards;
-   with ``context_sees_targets=False`` the context encoder attends to the context subjets only.
+   By default the context encoder attends to the context subjets only (I-JEPA style); with
+   ``context_sees_targets=True`` (the paper's scheme) both encoders see the whole jet and the
+   outputs are masked afterwards, which pretrained worse in ``bench/label_efficiency.py``.
 3. The predictor reads the context representations and one query per target (mask token +
    position embedding) and predicts the target encoder's representations of the targets.
 4. The loss is the squared L2 distance between prediction and target representation, averaged

@@ -8,12 +8,12 @@ from jjepa.train.config import PRESETS, ConfigError, config_from_dict, resolve_p
 
 def test_layers_override_in_order_and_convert_types():
     yaml_section = {"preset": "tiny", "steps": 100, "lr": 1e-3, "model": {"depth": 3}}
-    cli = {"lr": "2e-3", "model.embedding": "attention", "context_sees_targets": "false"}
+    cli = {"lr": "2e-3", "model.embedding": "attention", "context_sees_targets": "true"}
     config = resolve_pretrain_config(yaml_section, cli)
     assert config.lr == 2e-3
     assert config.model.depth == 3 and config.model.embedding == "attention"
     assert config.model.embed_dim == PRESETS["tiny"].embed_dim
-    assert config.context_sees_targets is False
+    assert config.context_sees_targets is True
     assert config_from_dict(config.to_dict()) == config
 
 

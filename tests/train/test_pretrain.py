@@ -30,16 +30,20 @@ def log_rows(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_loss_falls_on_simulated_top_and_qcd_jets(simulated_shards, tmp_path):
-    config = config_for(simulated_shards, tmp_path / "run", steps=120, lr=1e-3, log_every=10)
+@pytest.mark.parametrize(("context_sees_targets", "steps", "factor"), [(True, 120, 0.85), (False, 240, 0.92)])
+def test_loss_falls_on_simulated_top_and_qcd_jets(simulated_shards, tmp_path, context_sees_targets, steps, factor):
+    """The paper's masking learns fast on these few jets; I-JEPA-style masking (the default) has a
+    harder task and falls more slowly (the benchmark's 3,000 steps take it from 0.94 to 0.14)."""
+    config = config_for(simulated_shards, tmp_path / "run", steps=steps, lr=1e-3, log_every=steps // 12,
+                        context_sees_targets=context_sees_targets)
     metrics = pretrain(config, progress=False)
     rows = log_rows(tmp_path / "run")
     assert list(rows[0]) == list(LOG_COLUMNS)
     losses = [float(r["loss"]) for r in rows]
     assert len(losses) == 12 and min(losses) > 0
-    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:2]) / 2, f"the loss did not fall clearly: {losses}"
+    assert sum(losses[-3:]) / 3 < factor * sum(losses[:2]) / 2, f"the loss did not fall clearly: {losses}"
     assert float(rows[-1]["target_std"]) > config.collapse_std and float(rows[-1]["target_rank"]) > 2
-    assert metrics["step"] == 120 and (tmp_path / "run" / "metrics.json").exists()
+    assert metrics["step"] == steps and (tmp_path / "run" / "metrics.json").exists()
     saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert saved["config"]["model"]["n_subjets"] == 10 and saved["config"]["transform"]["log_scale"] > 0
 
