@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from jjepa.common.cli_utils import parse_pairs
 from jjepa.common.shards import Manifest, read_manifest, write_manifest
 from jjepa.preprocess.driver import ClusterRun, run_cluster
 from jjepa.train.config import resolve_finetune_config, resolve_pretrain_config
@@ -78,6 +80,23 @@ def split(folder: Path, cache: Path) -> dict[str, Path]:
     return folders
 
 
+def refuse_stale(run: Path, config) -> None:
+    """Stop if the cached run folder was made with another configuration than the one asked for.
+
+    The folder's name holds only the steps, batch size and ``--set`` overrides, so a changed default
+    (e.g. ``context_sees_targets``) would otherwise silently reuse an old pretraining.
+    """
+    stored_path = run / "config.yaml"
+    if not stored_path.exists():
+        return
+    stored = yaml.safe_load(stored_path.read_text())
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    changed = sorted(k for k, v in wanted.items() if k in stored and stored[k] != v)
+    if changed:
+        raise SystemExit(f"{run} was pretrained with other values of {changed} than asked for now; "
+                         f"delete it, or pass --set for those keys to get a folder of its own")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-jets", type=int, default=100_000, help="jets in all (half top, half QCD)")
@@ -101,16 +120,16 @@ def main() -> None:
 
     folders = split(shards(args.cache, inputs(args.cache, args.n_jets), args.chunk_size), args.cache)
     n_train = read_manifest(folders["train"]).n_jets
-    overrides = dict(item.split("=", 1) for item in args.overrides)
-    finetune_overrides = dict(item.split("=", 1) for item in args.finetune_overrides)
+    overrides, finetune_overrides = parse_pairs(args.overrides), parse_pairs(args.finetune_overrides)
     tag = "-".join([f"s{args.pretrain_steps}", f"b{args.batch_size}"] + [f"{k}={v}" for k, v in sorted(overrides.items())])
     run = args.cache / "label-efficiency" / f"pretrain-{tag}"
     start = time.perf_counter()
+    config = resolve_pretrain_config({
+        "data": str(folders["train"]), "val": str(folders["val"]), "out": str(run), "preset": "tiny",
+        "steps": args.pretrain_steps, "batch_size": args.batch_size, "log_every": 50, "val_every": 500,
+        "val_batches": 8, "checkpoint_every": 500, "device": args.device, **MODEL, **overrides})
+    refuse_stale(run, config)
     if not (run / "metrics.json").exists():
-        config = resolve_pretrain_config({
-            "data": str(folders["train"]), "val": str(folders["val"]), "out": str(run), "preset": "tiny",
-            "steps": args.pretrain_steps, "batch_size": args.batch_size, "log_every": 50, "val_every": 500,
-            "val_batches": 8, "checkpoint_every": 500, "device": args.device, **MODEL, **overrides})
         pretrain(config, resume=(run / "checkpoints" / "last.pt").exists())
     pretrain_seconds = time.perf_counter() - start
     log_rows = np.atleast_1d(np.genfromtxt(run / "train_log.csv", delimiter=",", names=True))

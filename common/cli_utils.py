@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 
 import click
 from jjepa.common.errors import JJepaError
@@ -17,8 +18,26 @@ def setup_logging(verbose: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def reports_errors(func):
-    """Turn ``JJepaError`` into a one-line message and exit status 1 instead of a traceback."""
+def parse_pairs(items: Iterable[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as a dict of strings (the typed config converts them)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JJepaError(f"--set expects KEY=VALUE, not {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def reports_errors(func=None, *, interrupted: str = "interrupted"):
+    """Turn errors a user can act on into a one-line message and exit status 1 instead of a traceback.
+
+    ``JJepaError`` keeps its message; an ``OSError`` (a folder that is a file, a full disk, no
+    permission) names its path; Ctrl-C prints ``interrupted``, the command's word on what was kept
+    and how to go on. Use as ``@reports_errors`` or ``@reports_errors(interrupted="...")``.
+    """
+    if func is None:
+        return functools.partial(reports_errors, interrupted=interrupted)
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -26,7 +45,9 @@ def reports_errors(func):
             return func(*args, **kwargs)
         except JJepaError as err:
             raise click.ClickException(str(err)) from None
+        except OSError as err:
+            raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; complete shards are kept, rerun with --resume to finish") from None
+            raise click.ClickException(interrupted) from None
 
     return wrapper

@@ -55,6 +55,11 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
     from jjepa.preprocess.datasets import split_files
 
     if dataset is None:
+        stray = [flag for flag, value in (("--root", root), ("--split", split), ("--processes", processes),
+                                          ("--max-files", max_files)) if value]
+        if stray:
+            raise JJepaError(f"{', '.join(stray)} given without --dataset: they choose the files of a dataset "
+                             "(--dataset jetclass, toptagging, qg or demo); with INPUTS, leave them out")
         if not inputs:
             raise JJepaError("no input files: give INPUTS, or --dataset with --root and --split")
         return tuple(inputs)
@@ -76,8 +81,9 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
               help="With --dataset: where it lives (the --dest of jjepa-preprocess fetch; data/raw for demo).")
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="With --dataset: which split.")
 @click.option("--processes", default=None,
-              help="With --dataset jetclass: comma-separated processes, e.g. TTBar,ZJetsToNuNu [default: all ten].")
-@click.option("--max-files", type=int, default=0,
+              help="With --dataset jetclass: comma-separated processes, e.g. TTBar,ZJetsToNuNu [default: all ten]; "
+                   "other datasets ignore it.")
+@click.option("--max-files", type=click.IntRange(min=0), default=0,
               help="With --dataset: at most this many files per process (jetclass) or in all (qg); 0 = all.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto",
               help="Input layout; auto tells it from the file's content.")
@@ -111,7 +117,7 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
 @click.option("--branches", type=click.Path(dir_okay=False, exists=True), default=None,
               help="generic: YAML file with the keys tree, px, py, pz, pt, eta, phi, energy, label, classes, counts.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-@reports_errors
+@reports_errors(interrupted="interrupted; complete shards are kept, rerun with --resume to finish")
 def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algorithm, radius, n_subjets, n_particles,
             chunk_size, backend, on_bad_jet, workers, scheduler, resume, force, max_jets, tree, px, py, pz, pt, eta,
             phi, energy, label, classes, counts, branches, progress):
@@ -263,7 +269,8 @@ def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_m
 @click.option("--parts", default=None,
               help="jetclass: train parts to fetch, e.g. 0 or 0,3-4; adds train to --splits [default: 0-9].")
 @click.option("--files", "n_files", type=int, default=None,
-              help="qg: only the first N files (QG_jets.npz, QG_jets_1.npz, ...) [default: all 20].")
+              help="Only the first N of the selected files, e.g. qg's QG_jets.npz, QG_jets_1.npz, ... "
+                   "[default: all].")
 @click.option("--verify/--no-verify", default=True,
               help="Check md5s of downloads and of files already there; --no-verify skips it (and says so).")
 @click.option("--force", is_flag=True, help="Replace a file in --dest that fails its md5 (default: stop).")
@@ -271,7 +278,7 @@ def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_m
 @click.option("--keep-archives/--delete-archives", default=True,
               help="jetclass: keep the tars after unpacking them.")
 @click.option("--progress/--no-progress", default=True, help="Show a byte progress bar per file.")
-@reports_errors
+@reports_errors(interrupted="interrupted; rerun the same command to resume (partial downloads end in .part)")
 def fetch(dataset, dest, base_url, record_api, checksums, splits, parts, n_files, verify, force, dry_run,
           keep_archives, progress):
     """Download DATASET from Zenodo into --dest: resumable, md5-verified, JetClass tars unpacked.
@@ -314,9 +321,5 @@ def fetch(dataset, dest, base_url, record_api, checksums, splits, parts, n_files
     md5s = fetching.resolve_checksums(spec, files, checksums, verify=verify)
     options = fetching.FetchOptions(dest=dest, verify=verify, force=force, keep_archives=keep_archives,
                                     progress=progress)
-    try:
-        report = fetching.fetch_dataset(spec, files, md5s, options)
-    except KeyboardInterrupt:
-        raise JJepaError("interrupted; rerun the same command to resume (partial downloads end in .part)") \
-            from None
+    report = fetching.fetch_dataset(spec, files, md5s, options)
     click.echo("\n".join(report.lines()))

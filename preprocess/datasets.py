@@ -3,7 +3,7 @@
 Pure data and small functions, no network: for each dataset, the remote files (name, md5 when
 published, which split they belong to, whether they are tars to unpack) and the layout on disk
 after fetching, which ``split_files`` reads back for ``cluster --dataset``. The sources and
-checksums are those of /work/shared/DATASETS.md (Zenodo records 6619768, 2603256, 3164691).
+checksums are the published ones of Zenodo records 6619768, 2603256 and 3164691 (docs/data.md).
 
 A ``DatasetSpec`` is a plain frozen dataclass, so a test or a mirror can build one with its own
 files, md5s and URLs and hand it to ``jjepa.preprocess.fetch`` without touching the registry.
@@ -176,12 +176,15 @@ def select_files(spec: DatasetSpec, splits: Collection[str] | None = None,
         if n_files < 1:
             raise JJepaError(f"--files must be at least 1, not {n_files}")
         files = files[:n_files]
+    if not files:
+        raise JJepaError(f"no {spec.name} files selected by splits {sorted(splits or ())}; "
+                         f"choose from {', '.join(SPLITS)}")
     return tuple(files)
 
 
 def split_files(dataset: str, root: str | Path, split: str, processes: Sequence[str] | None = None,
                 max_files: int | None = None) -> list[Path]:
-    """The input files of one split of a fetched dataset (or of the simulated demo), sorted.
+    """The input files of one split of a fetched dataset (or of the simulated demo), in file-number order.
 
     Layouts under ``root`` (the ``--dest`` of ``jjepa-preprocess fetch``):
 
@@ -282,4 +285,4 @@ def _qg_files(root: Path, split: str, max_files: int | None) -> list[Path]:
     if len(present) < len(expected):
         log.warning("%s: %d of the %d quark–gluon %s files are there; using those", root, len(present),
                     len(expected), split)
-    return sorted(present[:max_files])
+    return present[:max_files]  # registry order: QG_jets, _1, _2, …, _10 (not alphabetical)

@@ -24,7 +24,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from jjepa.common.atomic import file_digest, write_json_atomic
@@ -89,9 +89,6 @@ class FetchReport:
     dest: str
     files: list[FileReport]
     next_commands: list[str]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def lines(self) -> list[str]:
         """The report as text, one file a line, then the cluster commands."""
@@ -361,7 +358,8 @@ def _unpack(file: RemoteFile, md5: str | None, report: FileReport, options: Fetc
     archive = options.dest / file.name
     folder, n_files = extract_tar(archive, options.dest, file.extract_to)
     write_json_atomic(marker_path(options.dest, file.name),
-                      {"archive": file.name, "md5": md5, "into": file.extract_to, "files": n_files})
+                      {"archive": file.name, "md5": md5 if options.verify else None, "into": file.extract_to,
+                       "files": n_files})
     report.notes.append(f"extracted {n_files} files into {folder}")
     _drop_archive(archive, report, options)
 

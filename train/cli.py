@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 import yaml
-from jjepa.common.cli_utils import reports_errors, setup_logging
+from jjepa.common.cli_utils import parse_pairs, reports_errors, setup_logging
 from jjepa.common.errors import JJepaError
 from jjepa.train.config import (
     AGGREGATIONS,
@@ -48,16 +48,6 @@ def _yaml_section(path: str | None, section: str) -> dict:
     return value
 
 
-def _pairs(items: tuple[str, ...]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise JJepaError(f"--set expects KEY=VALUE, not {item!r}")
-        out[key.strip()] = value.strip()
-    return out
-
-
 @main.command()
 @click.option("--data", type=click.Path(file_okay=False, exists=True), help="Shard folder to pretrain on.")
 @click.option("--val", type=click.Path(file_okay=False, exists=True), help="Shard folder for the validation loss.")
@@ -83,7 +73,7 @@ def _pairs(items: tuple[str, ...]) -> dict:
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt.")
 @click.option("--io-only", is_flag=True, help="Run the input pipeline alone and print its jets/s.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-@reports_errors
+@reports_errors(interrupted="interrupted; the checkpoint is saved, continue with --resume")
 def pretrain(data, val, out, config_file, preset, steps, epochs, batch_size, lr, mask_fraction,
              context_sees_targets, device, compile_, seed, stop_after, overrides, resume, io_only, progress) -> None:
     """Pretrain J-JEPA: context encoder + predictor by gradient, target encoder by EMA.
@@ -103,7 +93,7 @@ def pretrain(data, val, out, config_file, preset, steps, epochs, batch_size, lr,
     section = _yaml_section(config_file, "pretrain")
     if steps is not None or epochs is not None:
         section = {k: v for k, v in section.items() if k not in ("steps", "epochs")}
-    config = resolve_pretrain_config(section, {k: v for k, v in cli.items() if v is not None}, _pairs(overrides))
+    config = resolve_pretrain_config(section, {k: v for k, v in cli.items() if v is not None}, parse_pairs(overrides))
     if io_only:
         if config.data is None:
             raise JJepaError("--io-only needs --data")
@@ -118,7 +108,7 @@ def _finetune_options(func):
     """Options shared by ``finetune`` and ``scan``."""
     options = [
         click.option("--train", "train_dir", type=click.Path(file_okay=False, exists=True),
-                     help="Labelled training shards (reduced by --label-fraction)."),
+                     help="Labelled training shards (reduced to the label fraction)."),
         click.option("--val", type=click.Path(file_okay=False, exists=True), help="Validation shards (early stopping)."),
         click.option("--test", type=click.Path(file_okay=False, exists=True), help="Test shards (reported metrics)."),
         click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
@@ -126,7 +116,7 @@ def _finetune_options(func):
         click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
                      help="YAML file whose 'finetune:' section sets defaults (e.g. params.yaml)."),
         click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-                     help="Architecture for --mode scratch without --checkpoint."),
+                     help="Architecture for the scratch mode without --checkpoint."),
         click.option("--aggregation", type=click.Choice(AGGREGATIONS), default=None,
                      help="Subjets → jet: flatten (paper) or cls_attn. [default: flatten]"),
         click.option("--encoder", type=click.Choice(ENCODERS), default=None,
@@ -149,7 +139,7 @@ def _finetune_options(func):
 def _finetune_layers(config_file, overrides, **cli) -> list[dict]:
     names = {"train_dir": "train"}
     values = {names.get(k, k): v for k, v in cli.items() if v is not None}
-    return [_yaml_section(config_file, "finetune"), values, _pairs(overrides)]
+    return [_yaml_section(config_file, "finetune"), values, parse_pairs(overrides)]
 
 
 @main.command()
@@ -185,9 +175,10 @@ def _list(value: str, kind):
 @_finetune_options
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Scan folder (one subfolder per cell).")
 @click.option("--fractions", default="0.001,0.01,0.1,1", help="Label fractions, comma-separated.")
-@click.option("--modes", default="finetune,freeze,scratch", help="Modes, comma-separated.")
+@click.option("--modes", default="finetune,freeze,scratch",
+              help="Modes, comma-separated: finetune (all weights), freeze (linear probe), scratch (random init).")
 @click.option("--seeds", default="0,1,2", help="Seeds, comma-separated.")
-@reports_errors
+@reports_errors(interrupted="interrupted; finished cells are kept, rerun the same command to go on")
 def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) -> None:
     """Label-efficiency scan: fractions × modes × seeds; finished cells are skipped on rerun.
 

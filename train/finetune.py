@@ -59,7 +59,7 @@ def architecture(config: FinetuneConfig, checkpoint: dict | None, shards: ShardS
     return shards.bind(model), transform
 
 
-def tagging_classes(train: ShardSet, *others: ShardSet) -> tuple[tuple[str, ...], np.ndarray]:
+def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet) -> tuple[tuple[str, ...], np.ndarray]:
     """The classes the tagger learns: those of the shards' class names that have training jets.
 
     Shards in the JetClass layout name all ten JetClass classes even when a file set holds two of
@@ -68,10 +68,12 @@ def tagging_classes(train: ShardSet, *others: ShardSet) -> tuple[tuple[str, ...]
     label (−1 for dropped classes).
 
     Raises:
-        JJepaError: the folders name different classes, fewer than two classes have training jets, or
-            validation/test jets belong to a class with no training jets.
+        JJepaError: the folders name different classes, fewer than two classes have training jets,
+            validation/test jets belong to a class with no training jets, or a kept class has no test
+            jets.
     """
     names = tuple(train.manifest.classes)
+    others = (val, test)
     for other in others:
         if tuple(other.manifest.classes) != names:
             raise JJepaError(f"{other.folder}: classes {list(other.manifest.classes)} differ from the training "
@@ -85,6 +87,11 @@ def tagging_classes(train: ShardSet, *others: ShardSet) -> tuple[tuple[str, ...]
         stray = [names[i] for i in np.flatnonzero((other_counts > 0) & (counts == 0))]
         if stray:
             raise JJepaError(f"{other.folder}: holds jets of {stray}, which the training shards never show")
+    test_counts = np.sum([r.class_counts for r in test.manifest.shards], axis=0)
+    absent = [names[i] for i in present if test_counts[i] == 0]
+    if absent:
+        raise JJepaError(f"{test.folder}: no test jets of {absent}; every class the tagger learns needs test "
+                         "jets for the ROC (use test shards with all the training classes)")
     mapping = np.full(len(names), -1, dtype=np.int64)
     mapping[present] = np.arange(len(present))
     if len(present) < len(names):

@@ -166,12 +166,8 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[
     else:
         auc = roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=np.arange(len(classes)))
     metrics = {"accuracy": float(accuracy_score(labels, probs.argmax(axis=1))), "auc": float(auc)}
-    for signal, name in enumerate(classes):
-        if signal == bkg:
-            continue
-        keep = (labels == signal) | (labels == bkg)
-        score = _pair_score(probs[keep, signal], probs[keep, bkg])
-        tpr, fpr = roc_points((labels[keep] == signal).astype(np.int64), score)
+    for name, is_signal, score in _signal_pairs(labels, probs, classes, bkg):
+        tpr, fpr = roc_points(is_signal, score)
         for suffix, efficiency in WORKING_POINTS.items():
             rejection = _rejection(background_efficiency_at(tpr, fpr, efficiency))
             metrics[f"rej_at_{suffix}_{name}"] = rejection
@@ -264,13 +260,17 @@ def tagging_curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]
     """
     labels, probs = _check_multiclass(labels, probs, classes)
     bkg = background_index(classes)
-    curves = {}
+    return {f"{name} vs {classes[bkg]}": (is_signal, score)
+            for name, is_signal, score in _signal_pairs(labels, probs, classes, bkg)}
+
+
+def _signal_pairs(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], bkg: int):
+    """Per signal class X (every class but ``bkg``): ``(name, is_signal, score)`` on the jets of X or
+    the background, ``is_signal`` (M,) int64 and ``score`` (M,) p_X / (p_X + p_bkg)."""
     for signal, name in enumerate(classes):
         if signal != bkg:
             keep = (labels == signal) | (labels == bkg)
-            curves[f"{name} vs {classes[bkg]}"] = ((labels[keep] == signal).astype(np.int64),
-                                                    _pair_score(probs[keep, signal], probs[keep, bkg]))
-    return curves
+            yield name, (labels[keep] == signal).astype(np.int64), _pair_score(probs[keep, signal], probs[keep, bkg])
 
 
 def write_roc_curves_csv(path: str | Path, curves: Mapping[str, tuple], max_points: int = 1000) -> None:
@@ -287,11 +287,6 @@ def write_roc_curves_csv(path: str | Path, curves: Mapping[str, tuple], max_poin
             table = roc_table(labels, scores, max_points)
             for row in zip(*(table[column] for column in ROC_COLUMNS), strict=True):
                 writer.writerow(([name] if len(curves) > 1 else []) + [f"{value:.10g}" for value in row])
-
-
-def write_roc_csv(path: str | Path, labels: np.ndarray, scores: np.ndarray, max_points: int = 1000) -> None:
-    """Write :func:`roc_table` to ``path`` as CSV (header :data:`ROC_COLUMNS`), atomically, for ``dvc plots``."""
-    write_roc_curves_csv(path, {"signal": (labels, scores)}, max_points)
 
 
 @contextlib.contextmanager

@@ -219,3 +219,10 @@ def test_killed_process_leaves_only_complete_shards(tmp_path):
     final = read_manifest(out)
     assert final.n_jets == 3000 and len(final.shards) == 30
     assert not list(out.glob("*.tmp"))
+
+
+def test_dataset_options_without_dataset_are_refused(tmp_path):
+    result = CliRunner().invoke(main, ["cluster", str(tmp_path / "x.root"), "--split", "val", "--max-files", "2",
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "--split, --max-files given without --dataset" in result.output
+    assert not (tmp_path / "o").exists()

@@ -367,3 +367,23 @@ def test_cli_dry_run_downloads_nothing(server, tmp_path):
     assert f"{url}/files/JetClass_Pythia_train_100M_part3.tar" in result.output
     assert "7235ccb577ed85023ea3ab4d5e6160cf" in result.output  # the val tar's published md5
     assert "part1" not in result.output and "test_20M" not in result.output
+
+
+def test_tar_fetched_without_verification_is_never_reported_as_checked(server, tmp_path):
+    state, url = server
+    tar = make_tar({"HToBB_120.root": b"higgs"})
+    state.files["files/JetClass_Pythia_val_5M.tar"] = tar
+    spec = jetclass_spec(url, "JetClass_Pythia_val_5M.tar", tar, "val", "Pythia/val_5M")
+    unverified = options(tmp_path, verify=False)
+    fetch_dataset(spec, spec.files, {}, unverified)
+    again = fetch_dataset(spec, spec.files, {}, unverified)
+    assert again.files[0].status == "already extracted" and again.files[0].check == "not verified"
+
+
+def test_cli_refuses_an_empty_selection_and_a_dest_that_is_a_file(tmp_path):
+    empty = CliRunner().invoke(main, ["fetch", "qg", "--dest", str(tmp_path), "--splits", ",", "--dry-run"])
+    assert empty.exit_code == 1 and "no qg files selected" in empty.output
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(main, ["fetch", "qg", "--dest", str(tmp_path / "afile" / "sub"), "--no-verify",
+                                       "--base-url", "http://127.0.0.1:9/"])
+    assert result.exit_code == 1 and "Not a directory" in result.output and "afile" in result.output

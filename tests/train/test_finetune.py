@@ -236,3 +236,13 @@ def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path):
     compared = evaluate([tmp_path / "scan"], tmp_path / "report")
     assert compared["scratch"][f"labels_{metrics['n_train_labels']}"]["auc"] == pytest.approx(metrics["auc"])
     assert (tmp_path / "report" / "roc.png").stat().st_size > 0
+
+
+def test_a_class_without_test_jets_fails_before_training(tmp_path):
+    """Training and validation hold QCD, Wqq and Tbqq, the test set no Wqq: a clear error, no run folder."""
+    kinds = ((1, 8), (1, 7), (0, 0))
+    splits = {name: write_jetclass_like(tmp_path / name, 40, seed, kinds) for name, seed in (("train", 0), ("val", 10))}
+    splits["test"] = write_jetclass_like(tmp_path / "test", 40, 20, ((1, 8), (0, 0)))
+    with pytest.raises(JJepaError, match=r"no test jets of \['Wqq'\]"):
+        finetune(config_for(splits, tmp_path / "ft", mode="scratch", preset="tiny"), progress=False)
+    assert not (tmp_path / "ft" / "metrics.json").exists()

@@ -19,7 +19,7 @@ from jjepa.train.metrics import (
     roc_table,
     tagging_curves,
     tagging_metrics,
-    write_roc_csv,
+    write_roc_curves_csv,
 )
 from sklearn.metrics import accuracy_score, roc_auc_score
 
@@ -258,7 +258,7 @@ def test_roc_csv(tmp_path):
     labels = rng.integers(0, 2, size=5000)
     scores = rng.normal(size=5000) + labels
     path = tmp_path / "roc.csv"
-    write_roc_csv(path, labels, scores, max_points=200)
+    write_roc_curves_csv(path, {"signal": (labels, scores)}, max_points=200)
     assert [p.name for p in tmp_path.iterdir()] == ["roc.csv"]
     with open(path, newline="") as f:
         reader = csv.reader(f)
