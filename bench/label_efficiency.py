@@ -1,6 +1,6 @@
 """Label efficiency: does J-JEPA pretraining help a top tagger when labels are few?
 
-On simulated Pythia top and QCD jets (the cached inputs of ``bench/preprocess.py``, JetClass ROOT
+On simulated Pythia top and QCD jets (the cached inputs of ``bench/preprocessing.py``, JetClass ROOT
 layout), reclustered into CA R=0.2 subjet shards and split 80% / 10% / 10% into train / val /
 test by whole shards:
 
@@ -36,8 +36,8 @@ from jjepa.common.cli_utils import parse_pairs
 from jjepa.common.shards import Manifest, read_manifest, write_manifest
 from jjepa.preprocess.driver import ClusterRun, run_cluster
 from jjepa.train.config import resolve_finetune_config, resolve_pretrain_config
-from jjepa.train.pretrain import pretrain
-from jjepa.train.scan import scan
+from jjepa.train.runners.pretrain import pretrain
+from jjepa.train.runners.scan import scan
 
 from preprocess import inputs
 

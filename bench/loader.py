@@ -1,4 +1,4 @@
-"""Benchmark of the shard loader (``jjepa.train.data``) against a per-item h5py Dataset, side by side in one run.
+"""Benchmark of the shard loader (``jjepa.train.data.loader``) against a per-item h5py Dataset, side by side in one run.
 
 Measures, on toy shards (``write_toy_shards``; S=20, N=30 by default) already in the page cache, in one
 process pinned to one core with torch at one thread, the pretraining fields (``PRETRAIN_FIELDS``):
@@ -28,8 +28,8 @@ import h5py
 import numpy as np
 import torch
 from jjepa.common.shards import MANIFEST_NAME
-from jjepa.train.data import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
-from jjepa.train.synthetic import write_toy_shards
+from jjepa.common.testing import write_toy_shards
+from jjepa.train.data.loader import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
 from torch.utils.data import DataLoader, Dataset
 
 TARGET_JETS_PER_S = 300_000

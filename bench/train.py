@@ -3,7 +3,7 @@
 On toy shards (``write_toy_shards``; S=20, N=30, 4 × 10,000 jets by default, written once and cached
 under ``--cache``, default ``~/.cache/jjepa-bench``), for each preset of ``--presets``:
 
-* ``pretrain`` (``jjepa.train.pretrain``) runs ``warmup + timed`` steps in a fresh temporary run
+* ``pretrain`` (``jjepa.train.runners.pretrain``) runs ``warmup + timed`` steps in a fresh temporary run
   folder; ``log_every`` is the warm-up so that the rows of ``train_log.csv`` after the first cover
   exactly the timed steps, and ``checkpoint_every`` is out of reach, so the step rate excludes the
   warm-up (and the compilation, with ``torch.compile``), the log rows and the checkpoint writing.
@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 from jjepa.train.config import PRESETS, resolve_pretrain_config
-from jjepa.train.distributed import resolve_device
-from jjepa.train.jepa import JEPA
-from jjepa.train.pretrain import io_only, pretrain
+from jjepa.train.mechanics.distributed import resolve_device
+from jjepa.train.model.jepa import JEPA
+from jjepa.train.runners.pretrain import io_only, pretrain
 from loader import shards, warm_page_cache
 
 TARGET_RATIO = 10

@@ -83,8 +83,8 @@ def pretrain(data, val, out, config_file, preset, steps, epochs, batch_size, lr,
     jjepa-train pretrain ... --resume
     torchrun --nproc-per-node 8 -m jjepa.train pretrain ...
     """
-    from jjepa.train.pretrain import io_only as run_io_only
-    from jjepa.train.pretrain import pretrain as run_pretrain
+    from jjepa.train.runners.pretrain import io_only as run_io_only
+    from jjepa.train.runners.pretrain import pretrain as run_pretrain
 
     cli = {"data": data, "val": val, "out": out, "preset": preset, "steps": steps, "epochs": epochs,
            "batch_size": batch_size, "lr": lr, "mask_fraction": mask_fraction,
@@ -158,7 +158,7 @@ def finetune(config_file, overrides, progress, out, **cli) -> None:
     jjepa-train finetune --train S/train --val S/val --test S/test --checkpoint runs/pretrain/checkpoints/last.pt \\
         --mode finetune --label-fraction 0.01 --seed 0 --out runs/ft-1pc
     """
-    from jjepa.train.finetune import finetune as run_finetune
+    from jjepa.train.runners.finetune import finetune as run_finetune
 
     config = resolve_finetune_config(*_finetune_layers(config_file, overrides, out=out, **cli))
     click.echo(json.dumps(run_finetune(config, progress=progress)))
@@ -186,7 +186,7 @@ def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) 
     jjepa-train scan --train S/train --val S/val --test S/test --checkpoint runs/pretrain/checkpoints/last.pt \\
         --fractions 0.001,0.01,0.1,1 --modes finetune,freeze,scratch --seeds 0,1,2 --out runs/scan
     """
-    from jjepa.train.scan import scan as run_scan
+    from jjepa.train.runners.scan import scan as run_scan
 
     mode_list = _list(modes, str)
     bad = sorted(set(mode_list) - set(MODES))
@@ -210,7 +210,7 @@ def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) 
 @reports_errors
 def embed(data, checkpoint, out, encoder, batch_size, device, progress) -> None:
     """Write jet-level representations (J, D) and labels of every jet of --data to an HDF5 file."""
-    from jjepa.train.embed import embed as run_embed
+    from jjepa.train.runners.embed import embed as run_embed
 
     n = run_embed(data, checkpoint, out, encoder=encoder, batch_size=batch_size, device=device, progress=progress)
     click.echo(f"{n} jets embedded into {out}")
@@ -226,6 +226,6 @@ def evaluate(scans, out) -> None:
     \b
     jjepa-train evaluate runs/scan-finetune runs/scan-freeze runs/scan-scratch --out reports/evaluate
     """
-    from jjepa.train.evaluate import evaluate as run_evaluate
+    from jjepa.train.runners.evaluate import evaluate as run_evaluate
 
     click.echo(json.dumps(run_evaluate(list(scans), out)))

@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 
 from jjepa.common.errors import JJepaError
-from jjepa.train.transform import InputTransform
+from jjepa.train.data.transform import InputTransform
 
 EMBEDDINGS: tuple[str, ...] = ("mlp", "attention")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")

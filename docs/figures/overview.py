@@ -101,7 +101,7 @@ def simulated_jet():
 def draw_targets(n_subjets: int) -> np.ndarray:
     """Target mask over the pT-ordered subjets, drawn as the trainer draws it."""
     import torch
-    from jjepa.train.masking import mask_generator, sample_targets
+    from jjepa.train.mechanics.masking import mask_generator, sample_targets
 
     real = torch.ones(1, n_subjets, dtype=torch.bool)
     return sample_targets(real, TARGET_FRACTION, mask_generator(MASK_SEED, 0, 0))[0].numpy()

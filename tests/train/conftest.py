@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from jjepa.train.synthetic import write_toy_shards
+from jjepa.common.testing import write_toy_shards
 
 #: Small jets keep every test fast: S subjets of N constituents.
 S, N = 10, 12
@@ -78,7 +78,7 @@ def simulated_shards(simulated_splits):
 def pretrained(tmp_path_factory, simulated_splits):
     """A pretraining checkpoint of the tiny preset, 30 steps on the simulated training jets."""
     from jjepa.train.config import resolve_pretrain_config
-    from jjepa.train.pretrain import pretrain
+    from jjepa.train.runners.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("pretrained") / "run"
     pretrain(resolve_pretrain_config({"data": str(simulated_splits["train"]), "out": str(out), "preset": "tiny",

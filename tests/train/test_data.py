@@ -13,7 +13,8 @@ import pytest
 from jjepa.common.errors import ShardError
 from jjepa.common.schema import ClusterConfig, ShardAttrs
 from jjepa.common.shards import Manifest, read_shard, record_for, shard_name, write_manifest, write_shard
-from jjepa.train.data import (
+from jjepa.common.testing import CLASSES, toy_jets
+from jjepa.train.data.loader import (
     PRETRAIN_FIELDS,
     Cursor,
     Prefetcher,
@@ -22,7 +23,6 @@ from jjepa.train.data import (
     epoch_order,
     rank_share,
 )
-from jjepa.train.synthetic import CLASSES, toy_jets
 
 #: Uneven shard lengths (one empty, one of two jets) so that no block or batch size divides them all.
 LENGTHS = (37, 120, 0, 64, 2)

@@ -12,15 +12,15 @@ import torch
 from click.testing import CliRunner
 from jjepa.common.errors import JJepaError
 from jjepa.common.shards import read_shard
-from jjepa.train import scan as scan_module
-from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
 from jjepa.train.cli import main as cli
 from jjepa.train.config import ConfigError, config_from_dict, resolve_finetune_config
-from jjepa.train.data import ShardSet
-from jjepa.train.finetune import finetune
-from jjepa.train.scan import scan
-from jjepa.train.subjet_transformer import SubjetTransformer, jet_representation
-from jjepa.train.subsets import stratified_subset
+from jjepa.train.data.loader import ShardSet
+from jjepa.train.data.subsets import stratified_subset
+from jjepa.train.mechanics.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.model.subjet_transformer import SubjetTransformer, jet_representation
+from jjepa.train.runners import scan as scan_module
+from jjepa.train.runners.finetune import finetune
+from jjepa.train.runners.scan import scan
 
 
 def config_for(splits, out, checkpoint=None, **kw):
@@ -94,7 +94,7 @@ def test_finetune_mode_moves_the_encoder_and_can_start_from_the_context_encoder(
 
 
 def test_scratch_loads_nothing(simulated_splits, pretrained, tmp_path, monkeypatch):
-    from jjepa.train import finetune as finetune_module
+    from jjepa.train.runners import finetune as finetune_module
 
     def refuse(*args, **kwargs):
         raise AssertionError("scratch mode loaded weights")
@@ -184,7 +184,7 @@ def write_jetclass_like(folder, n_per_class: int, seed: int, kinds=((1, 8), (0, 
     ``n_per_class`` jets; by default top (toy 1 as Tbqq, label 8) and QCD (toy 0, label 0)."""
     from jjepa.common.schema import ClusterConfig, ShardAttrs
     from jjepa.common.shards import Manifest, record_for, shard_name, write_manifest, write_shard
-    from jjepa.train.synthetic import toy_jets
+    from jjepa.common.testing import toy_jets
 
     names = ("QCD", "Hbb", "Hcc", "Hgg", "H4q", "Hqql", "Zqq", "Wqq", "Tbqq", "Tbl")
     config = ClusterConfig(n_subjets=10, n_particles=12)
@@ -231,7 +231,7 @@ def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path):
     for row in rows:
         assert float(row["background_rejection"]) == pytest.approx(1 / float(row["background_efficiency"]))
     # The pipeline's comparison draws one ROC per signal class and reports accuracy and macro AUC.
-    from jjepa.train.evaluate import evaluate
+    from jjepa.train.runners.evaluate import evaluate
 
     compared = evaluate([tmp_path / "scan"], tmp_path / "report")
     assert compared["scratch"][f"labels_{metrics['n_train_labels']}"]["auc"] == pytest.approx(metrics["auc"])

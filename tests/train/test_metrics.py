@@ -9,18 +9,18 @@ import math
 import matplotlib
 import numpy as np
 import pytest
-from jjepa.train.metrics import (
+from jjepa.train.report.metrics import (
     ROC_COLUMNS,
     background_index,
     binary_metrics,
     json_safe,
     multiclass_metrics,
-    plot_roc,
     roc_table,
     tagging_curves,
     tagging_metrics,
     write_roc_curves_csv,
 )
+from jjepa.train.report.plots import plot_roc
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,12 +9,12 @@ import pytest
 import torch
 from jjepa.common.shards import read_shard
 from jjepa.train.config import PRESETS
-from jjepa.train.diagnostics import effective_rank, representation_std
-from jjepa.train.ema import ema_update, make_target_encoder, momentum_at
-from jjepa.train.jepa import JEPA, jepa_forward, jepa_loss
-from jjepa.train.masking import mask_generator, sample_targets
-from jjepa.train.optim import lr_at, make_optimizer
-from jjepa.train.transform import InputTransform
+from jjepa.train.data.transform import InputTransform
+from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
+from jjepa.train.mechanics.ema import ema_update, make_target_encoder, momentum_at
+from jjepa.train.mechanics.masking import mask_generator, sample_targets
+from jjepa.train.mechanics.optim import lr_at, make_optimizer
+from jjepa.train.model.jepa import JEPA, jepa_forward, jepa_loss
 
 #: Subjet and constituent slots of the toy shards (``conftest.toy_train``).
 S, N = 10, 12

@@ -12,11 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from jjepa.common.errors import JJepaError
-from jjepa.train import pretrain as pretrain_module
-from jjepa.train.checkpoint import load_checkpoint
 from jjepa.train.cli import main as cli
 from jjepa.train.config import resolve_pretrain_config
-from jjepa.train.pretrain import LOG_COLUMNS, pretrain
+from jjepa.train.mechanics.checkpoint import load_checkpoint
+from jjepa.train.runners import pretrain as pretrain_module
+from jjepa.train.runners.pretrain import LOG_COLUMNS, pretrain
 
 
 def config_for(data, out, **kw):

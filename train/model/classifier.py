@@ -13,10 +13,10 @@ import logging
 
 import torch
 from jjepa.common.errors import JJepaError
-from jjepa.train.blocks import ClassAttentionBlock
 from jjepa.train.config import ModelConfig
-from jjepa.train.subjet_transformer import SubjetTransformer
-from jjepa.train.transform import ModelInputs
+from jjepa.train.data.transform import ModelInputs
+from jjepa.train.model.blocks import ClassAttentionBlock
+from jjepa.train.model.subjet_transformer import SubjetTransformer
 from torch import nn
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 1. Every subjet is embedded from its constituents and the subjet transformer encodes the jet
    (``SubjetTransformer``); the context encoder learns by gradient, the target encoder is its EMA
-   (``jjepa.train.ema``).
-2. Masks (``jjepa.train.masking``) split each jet's real subjets into targets (~30%) and context.
+   (``jjepa.train.mechanics.ema``).
+2. Masks (``jjepa.train.mechanics.masking``) split each jet's real subjets into targets (~30%) and context.
    By default the context encoder attends to the context subjets only (I-JEPA style); with
    ``context_sees_targets=True`` (the paper's scheme) both encoders see the whole jet and the
    outputs are masked afterwards, which pretrained worse in ``bench/label_efficiency.py``.
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 from jjepa.train.config import ModelConfig
-from jjepa.train.predictor import Predictor
-from jjepa.train.subjet_transformer import SubjetTransformer
-from jjepa.train.transform import ModelInputs
+from jjepa.train.data.transform import ModelInputs
+from jjepa.train.model.predictor import Predictor
+from jjepa.train.model.subjet_transformer import SubjetTransformer
 from torch import nn
 
 

@@ -30,15 +30,21 @@ import torch.nn.functional as F
 import yaml
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
-from jjepa.train.classifier import JetClassifier, encoder_state, load_encoder
 from jjepa.train.config import PRESETS, FinetuneConfig, ModelConfig, config_from_dict
-from jjepa.train.data import PRETRAIN_FIELDS, ShardLoader, ShardSet
-from jjepa.train.distributed import autocast, resolve_device
-from jjepa.train.metrics import json_safe, plot_roc, tagging_curves, tagging_metrics, write_roc_curves_csv
-from jjepa.train.optim import lr_at, param_groups, set_lr
-from jjepa.train.subsets import stratified_subset
-from jjepa.train.transform import InputTransform, batch_inputs
+from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardLoader, ShardSet
+from jjepa.train.data.subsets import stratified_subset
+from jjepa.train.data.transform import InputTransform, batch_inputs
+from jjepa.train.mechanics.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.mechanics.distributed import autocast, resolve_device
+from jjepa.train.mechanics.optim import lr_at, param_groups, set_lr
+from jjepa.train.model.classifier import JetClassifier, encoder_state, load_encoder
+from jjepa.train.report.metrics import (
+    json_safe,
+    tagging_curves,
+    tagging_metrics,
+    write_roc_curves_csv,
+)
+from jjepa.train.report.plots import plot_roc
 from torch import nn
 from tqdm.auto import tqdm
 

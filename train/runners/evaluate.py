@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.train.metrics import json_safe, plot_roc, tagging_curves
-from jjepa.train.scan import cell_name, plot_rejection_vs_labels, summarise, summary_markdown
+from jjepa.train.report.metrics import json_safe, tagging_curves
+from jjepa.train.report.plots import plot_rejection_vs_labels, plot_roc
+from jjepa.train.runners.scan import cell_name, summarise, summary_markdown
 
 log = logging.getLogger(__name__)
 

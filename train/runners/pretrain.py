@@ -25,23 +25,23 @@ import torch
 import yaml
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.train.checkpoint import load_checkpoint, save_checkpoint
 from jjepa.train.config import PretrainConfig, config_from_dict
-from jjepa.train.data import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
-from jjepa.train.diagnostics import effective_rank, representation_std
-from jjepa.train.distributed import (
+from jjepa.train.data.loader import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
+from jjepa.train.data.transform import batch_inputs
+from jjepa.train.mechanics.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
+from jjepa.train.mechanics.distributed import (
     DistInfo,
     autocast,
     init_distributed,
     mean_over_ranks,
     shutdown_distributed,
 )
-from jjepa.train.ema import ema_update, make_target_encoder, momentum_at
-from jjepa.train.jepa import JEPA, jepa_forward
-from jjepa.train.masking import mask_generator, sample_targets
-from jjepa.train.optim import lr_at, make_optimizer, set_lr
-from jjepa.train.subjet_transformer import jet_representation
-from jjepa.train.transform import batch_inputs
+from jjepa.train.mechanics.ema import ema_update, make_target_encoder, momentum_at
+from jjepa.train.mechanics.masking import mask_generator, sample_targets
+from jjepa.train.mechanics.optim import lr_at, make_optimizer, set_lr
+from jjepa.train.model.jepa import JEPA, jepa_forward
+from jjepa.train.model.subjet_transformer import jet_representation
 from torch import nn
 from tqdm.auto import tqdm
 

@@ -12,7 +12,7 @@ Measures, on simulated Pythia top and QCD jets in the JetClass ROOT layout:
 
 Prints one JSON line. Inputs are generated once and cached outside the repository
 (``--cache``, default ``~/.cache/jjepa-bench``); the first run simulates them (minutes per
-10,000 jets). Example: ``python bench/preprocess.py --n-jets 100000``.
+10,000 jets). Example: ``python bench/preprocessing.py --n-jets 100000``.
 """
 
 from __future__ import annotations

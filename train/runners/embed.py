@@ -20,13 +20,13 @@ import h5py
 import torch
 from jjepa.common.atomic import atomic_path
 from jjepa.common.version import jjepa_version
-from jjepa.train.checkpoint import load_checkpoint
-from jjepa.train.classifier import encoder_state
 from jjepa.train.config import config_from_dict
-from jjepa.train.data import ShardLoader, ShardSet
-from jjepa.train.distributed import resolve_device
-from jjepa.train.finetune import FINETUNE_FIELDS, to_device
-from jjepa.train.subjet_transformer import SubjetTransformer, jet_representation
+from jjepa.train.data.loader import ShardLoader, ShardSet
+from jjepa.train.mechanics.checkpoint import load_checkpoint
+from jjepa.train.mechanics.distributed import resolve_device
+from jjepa.train.model.classifier import encoder_state
+from jjepa.train.model.subjet_transformer import SubjetTransformer, jet_representation
+from jjepa.train.runners.finetune import FINETUNE_FIELDS, to_device
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)

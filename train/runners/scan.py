@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from jjepa.common.atomic import atomic_path
 from jjepa.train.config import FinetuneConfig
-from jjepa.train.finetune import finetune
-from jjepa.train.metrics import hep_style, save_figure, styled_axes
+from jjepa.train.report.plots import plot_rejection_vs_labels
+from jjepa.train.runners.finetune import finetune
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +104,6 @@ def summary_markdown(summary: list[dict]) -> str:
         lines.append(f"| {e['mode']} | {e['label_fraction']:g} | {e['n_train_labels']} | {e['n_seeds']} | "
                      + " | ".join(cells) + " |\n")
     return "".join(lines)
-
-
-def plot_rejection_vs_labels(summary: list[dict], path: str | Path) -> None:
-    """Rejection at εS = 0.5 vs labelled training jets (log x), mean ± std band per mode."""
-    with hep_style():
-        fig, ax = styled_axes()
-        _draw_bands(ax, summary)
-        save_figure(fig, path)
-
-
-def _draw_bands(ax, summary: list[dict]) -> None:
-    for mode in dict.fromkeys(e["mode"] for e in summary):
-        entries = sorted((e for e in summary if e["mode"] == mode), key=lambda e: e["n_train_labels"])
-        x = np.array([e["n_train_labels"] for e in entries])
-        mean = np.array([e["rej_at_50_mean"] for e in entries])
-        std = np.array([e["rej_at_50_std"] for e in entries])
-        ax.plot(x, mean, marker="o", label=mode)
-        ax.fill_between(x, mean - std, mean + std, alpha=0.25)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled training jets")
-    ax.set_ylabel(r"background rejection $1/\varepsilon_B$ at $\varepsilon_S = 0.5$")
-    ax.legend()
 
 
 def _finite(value) -> float:

@@ -127,7 +127,7 @@ def write_toy_shards(folder: str | os.PathLike, n_shards: int, jets_per_shard: i
     manifest = Manifest(cluster=cluster, classes=CLASSES)
     for k in range(n_shards):
         arrays = toy_jets(jets_per_shard, k % 2, n_subjets, n_particles, seed + k)
-        source = {"generator": "jjepa.train.synthetic", "seed": seed + k}
+        source = {"generator": "jjepa.common.testing", "seed": seed + k}
         path = folder / shard_name(k)
         write_shard(path, arrays, ShardAttrs(cluster=cluster, classes=CLASSES, source=source))
         manifest.shards.append(record_for(path, arrays.labels, CLASSES, source))

@@ -12,8 +12,8 @@ projected back to the encoder width.
 from __future__ import annotations
 
 import torch
-from jjepa.train.blocks import MLP, Block, attention_mask
 from jjepa.train.config import ModelConfig
+from jjepa.train.model.blocks import MLP, Block, attention_mask
 from torch import nn
 
 

@@ -1,6 +1,6 @@
 """The subjet transformer: the J-JEPA encoder (context and target encoders share this architecture).
 
-Each subjet is one token, embedded from its constituents (``jjepa.train.embedding``); pre-norm
+Each subjet is one token, embedded from its constituents (``jjepa.train.model.embedding``); pre-norm
 transformer blocks mix the tokens of a jet, attending only to real subjets (and, for an I-JEPA style
 context encoder, only to the context subjets). No positional encoding is added: the constituents'
 (Δη, sin(Δφ/2)) relative to the jet axis already tell each token where it sits.
@@ -9,10 +9,10 @@ context encoder, only to the context subjets). No positional encoding is added: 
 from __future__ import annotations
 
 import torch
-from jjepa.train.blocks import Block, attention_mask
 from jjepa.train.config import ModelConfig
-from jjepa.train.embedding import build_embedding
-from jjepa.train.transform import ModelInputs
+from jjepa.train.data.transform import ModelInputs
+from jjepa.train.model.blocks import Block, attention_mask
+from jjepa.train.model.embedding import build_embedding
 from torch import nn
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from jjepa.train.blocks import MLP, Block, ClassAttentionBlock, attention_mask
 from jjepa.train.config import ModelConfig
+from jjepa.train.model.blocks import MLP, Block, ClassAttentionBlock, attention_mask
 from torch import nn
 
 N_FEATURES = 4
