@@ -18,13 +18,15 @@ from jjepa.common.atomic import atomic_path, sha256_file, write_json_atomic
 from jjepa.common.errors import ShardError
 from jjepa.common.schema import (
     DATASET_NAMES,
-    DATASETS,
     SCHEMA_VERSION,
+    SHARD_ARRAYS,
     ClusterConfig,
     ShardArrays,
     ShardAttrs,
     cluster_config_from_attrs,
     config_dict,
+    dataset_dtype,
+    particle_dtype_of,
 )
 
 MANIFEST_NAME = "manifest.json"
@@ -44,19 +46,32 @@ def shard_writer(path: str | os.PathLike, n_jets: int, attrs: ShardAttrs):
     temporary name until the ``with`` block ends without error, then it is renamed to ``path``;
     on error it is deleted. The rename makes a killed process leave either the whole shard or
     nothing; the sha256 that the manifest records catches the rarer torn file after a power loss.
+    ``particles`` are stored as ``attrs.particle_dtype``; a float16 value that overflows
+    (|x| > 65504, i.e. a constituent above 65 TeV) is an error, never a silent inf.
     """
     cluster = attrs.cluster
     with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
         datasets = {spec.name: f.create_dataset(spec.name, spec.shape(n_jets, cluster.n_subjets, cluster.n_particles),
-                                                dtype=spec.dtype, track_times=False) for spec in DATASETS}
+                                                dtype=dataset_dtype(spec.name, attrs.particle_dtype),
+                                                track_times=False) for spec in SHARD_ARRAYS}
 
         def write(start: int, arrays: ShardArrays) -> None:
             stop = start + arrays.n_jets
             for name, ds in datasets.items():
-                block = np.ascontiguousarray(getattr(arrays, name), dtype=ds.dtype)
+                source = getattr(arrays, name)
+                with np.errstate(over="ignore"):  # an overflow is reported below, naming the jet
+                    block = np.ascontiguousarray(source, dtype=ds.dtype)
                 if block.shape[1:] != ds.shape[1:] or stop > ds.shape[0]:
                     raise ValueError(f"{name}: block of shape {block.shape} does not fit jets {start}-{stop} "
                                      f"of a shard shaped {ds.shape}")
+                overflow = block.dtype != source.dtype and block.dtype.kind == "f" and not np.isfinite(block).all()
+                if overflow:  # values finite before the cast and not after: out of range of the stored dtype
+                    lost = (~np.isfinite(block) & np.isfinite(source)).reshape(len(block), -1).any(1)
+                    overflow = lost.any()
+                if overflow:
+                    bad = start + int(np.flatnonzero(lost)[0])
+                    raise ShardError(f"{path}: jet {bad}: {name} values beyond the range of {ds.dtype} "
+                                     f"(|x| > {np.finfo(ds.dtype).max:g}); write this input with float32 particles")
                 ds[start:stop] = block
 
         yield write
@@ -69,7 +84,7 @@ def write_shard(path: str | os.PathLike, arrays: ShardArrays, attrs: ShardAttrs)
 
     Args:
         path: final file name, e.g. ``out/shard-00003.h5``.
-        arrays: the shard's arrays, shaped (J, S, N, 4) etc. as in ``jjepa.common.schema.DATASETS``.
+        arrays: the shard's arrays, shaped (J, S, N, 4) etc. as in ``jjepa.common.schema.SHARD_ARRAYS``.
         attrs: clustering config, class names and source record.
     """
     with shard_writer(path, arrays.n_jets, attrs) as write:
@@ -78,7 +93,10 @@ def write_shard(path: str | os.PathLike, arrays: ShardArrays, attrs: ShardAttrs)
 
 
 def read_shard(path: str | os.PathLike) -> ShardArrays:
-    """Read a whole shard into memory (for tests and small files; training uses ``open_memmaps``)."""
+    """Read a whole shard into memory (for tests and small files; training uses ``open_memmaps``).
+
+    Arrays keep their stored dtype: ``particles`` is float16 in a shard written with float16 particles.
+    """
     with h5py.File(path, "r") as f:
         return ShardArrays(**{name: f[name][...] for name in DATASET_NAMES})
 
@@ -86,20 +104,30 @@ def read_shard(path: str | os.PathLike) -> ShardArrays:
 def open_memmaps(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Memory-map every dataset of a shard, read-only.
 
-    Returns a dict name → array of the schema's dtype and shape. Zero-length datasets come back
-    as empty in-memory arrays (HDF5 allocates no storage for them).
+    Returns a dict name → array of the schema's dtype and shape; ``particles`` has the dtype the
+    file's ``particle_dtype`` attribute names (float32 or float16: copying a slice into a float32
+    array converts it). Zero-length datasets come back as empty in-memory arrays (HDF5 allocates
+    no storage for them).
     """
     maps = {}
     with h5py.File(path, "r") as f:
-        for spec in DATASETS:
+        try:
+            particle_dtype = particle_dtype_of(f.attrs)
+            dtypes = {spec.name: dataset_dtype(spec.name, particle_dtype) for spec in SHARD_ARRAYS}
+        except ShardError as err:
+            raise ShardError(f"{path}: {err}") from None
+        for spec in SHARD_ARRAYS:
             ds = f[spec.name]
             offset = ds.id.get_offset()
+            if ds.dtype != dtypes[spec.name]:
+                raise ShardError(f"{path}: dataset {spec.name!r} is {ds.dtype}, expected {dtypes[spec.name]} "
+                                 f"(particle_dtype attribute {particle_dtype!r})")
             if ds.size == 0:
-                maps[spec.name] = np.zeros(ds.shape, spec.dtype)
+                maps[spec.name] = np.zeros(ds.shape, ds.dtype)
             elif offset is None or ds.chunks is not None or ds.compression is not None:
                 raise ShardError(f"{path}: dataset {spec.name!r} is not contiguous and cannot be memory-mapped")
             else:
-                maps[spec.name] = np.memmap(path, mode="r", dtype=spec.dtype, offset=offset, shape=ds.shape)
+                maps[spec.name] = np.memmap(path, mode="r", dtype=ds.dtype, offset=offset, shape=ds.shape)
     return maps
 
 

@@ -115,11 +115,12 @@ def toy_jets(n_jets: int, label: int, n_subjets: int, n_particles: int, seed: in
 
 
 def write_toy_shards(folder: str | os.PathLike, n_shards: int, jets_per_shard: int, n_subjets: int,
-                     n_particles: int, seed: int) -> Manifest:
+                     n_particles: int, seed: int, particle_dtype: str = "float32") -> Manifest:
     """Write ``n_shards`` shards of toy jets plus ``manifest.json`` into ``folder``.
 
     Like real inputs (one file per process), each shard holds one class: even shards QCD-like,
-    odd shards top-like. Shard k is seeded with ``seed + k``.
+    odd shards top-like. Shard k is seeded with ``seed + k``. ``particle_dtype`` (``float32`` or
+    ``float16``) is how ``particles`` are stored; the jets are the same either way.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,8 @@ def write_toy_shards(folder: str | os.PathLike, n_shards: int, jets_per_shard: i
         arrays = toy_jets(jets_per_shard, k % 2, n_subjets, n_particles, seed + k)
         source = {"generator": "jjepa.common.testing", "seed": seed + k}
         path = folder / shard_name(k)
-        write_shard(path, arrays, ShardAttrs(cluster=cluster, classes=CLASSES, source=source))
+        write_shard(path, arrays, ShardAttrs(cluster=cluster, classes=CLASSES, source=source,
+                                             particle_dtype=particle_dtype))
         manifest.shards.append(record_for(path, arrays.labels, CLASSES, source))
     write_manifest(folder, manifest)
     return manifest

@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 
 import click
-import yaml
 from jjepa.common.cli_utils import reports_errors, setup_logging
 from jjepa.common.errors import JJepaError
-from jjepa.common.schema import ALGORITHMS, ClusterConfig
-from jjepa.preprocess.datasets import DATASETS, SPLITS
+from jjepa.common.schema import ALGORITHMS, PARTICLE_DTYPES, ClusterConfig
+from jjepa.preprocess.datasets import DEMO_DATASETS, PUBLIC_DATASETS, SPLITS
+from jjepa.preprocess.driver import ClusterRun
 from jjepa.preprocess.readers import FORMATS
 from jjepa.preprocess.readers.base import GenericOptions
+from jjepa.preprocess.simulate import SimConfig
 from jjepa.preprocess.task import BACKENDS
 from jjepa.preprocess.validate import ON_BAD_JET
 
@@ -22,9 +23,12 @@ def _default_workers(workers: int | None) -> int:
 
 
 #: Inputs ``cluster --dataset`` knows how to find: the demo, and what ``fetch`` downloads.
-DATASET_LAYOUTS = ("demo", *DATASETS)
+DATASET_LAYOUTS = (*DEMO_DATASETS, *PUBLIC_DATASETS)
 
-_BRANCH_KEYS = ("tree", "px", "py", "pz", "pt", "eta", "phi", "energy", "label", "counts")
+#: The defaults the options show and use, read from the typed configs (never typed twice).
+_CLUSTER = ClusterConfig()
+_RUN = ClusterRun(inputs=(), out=".")
+_SIM = SimConfig(process="top", n_jets=1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -36,13 +40,9 @@ def main(verbose: int) -> None:
 
 def _generic_options(branches: str | None, classes: str | None, **names) -> GenericOptions:
     """Branch names from a YAML file (``--branches``), overridden by the individual options."""
-    values: dict = {}
-    if branches:
-        loaded = yaml.safe_load(Path(branches).read_text()) or {}
-        unknown = set(loaded) - set(_BRANCH_KEYS) - {"classes"}
-        if unknown:
-            raise JJepaError(f"{branches}: unknown keys {sorted(unknown)}; allowed: {list(_BRANCH_KEYS) + ['classes']}")
-        values.update(loaded)
+    from jjepa.preprocess.branches import load_branches
+
+    values: dict = load_branches(branches) if branches else {}
     values.update({k: v for k, v in names.items() if v is not None})
     if classes:
         values["classes"] = classes.split(",")
@@ -85,23 +85,29 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
                    "other datasets ignore it.")
 @click.option("--max-files", type=click.IntRange(min=0), default=0,
               help="With --dataset: at most this many files per process (jetclass) or in all (qg); 0 = all.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto",
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=_RUN.fmt,
               help="Input layout; auto tells it from the file's content.")
-@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="ca", help="Subjet algorithm (inclusive, E-scheme).")
-@click.option("--radius", type=float, default=0.2, help="Subjet radius R.")
-@click.option("--n-subjets", type=int, default=20, help="S: subjets kept per jet (hardest in pT).")
-@click.option("--n-particles", type=int, default=30, help="N: constituents kept per subjet (hardest in pT).")
-@click.option("--chunk-size", type=int, default=25_000, help="Jets per task and per shard.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="numba",
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default=_CLUSTER.algorithm, help="Subjet algorithm (inclusive, E-scheme).")
+@click.option("--radius", type=click.FloatRange(min=0, min_open=True), default=_CLUSTER.radius, help="Subjet radius R.")
+@click.option("--n-subjets", type=click.IntRange(min=1), default=_CLUSTER.n_subjets, help="S: subjets kept per jet (hardest in pT).")
+@click.option("--n-particles", type=click.IntRange(min=1, max=32767), default=_CLUSTER.n_particles,
+              help="N: constituents kept per subjet (hardest in pT).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=_RUN.chunk_size, help="Jets per task and per shard.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=_RUN.backend,
               help="Clustering engine: the Numba kernel, or FastJet's vectorised interface.")
-@click.option("--on-bad-jet", type=click.Choice(ON_BAD_JET), default="error",
-              help="Jets with no constituents or non-finite/negative energies: stop with an error, or skip and count.")
-@click.option("--workers", type=int, default=None,
+@click.option("--on-bad-jet", type=click.Choice(ON_BAD_JET), default=_RUN.on_bad_jet,
+              help="Jets with no constituents or a non-finite/negative value (in any format: only all-zero slots "
+                   "are padding): stop with an error naming file and entry, or skip and count.")
+@click.option("--particle-dtype", type=click.Choice(PARTICLE_DTYPES), default=_RUN.particle_dtype,
+              help="Storage of the constituent features: float16 halves the particles (~55% of the disk in all); "
+                   "the trainer reads both.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Local Dask worker processes [default: number of cores]; 0 runs in this process without Dask.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run: redo only missing or damaged shards.")
 @click.option("--force", is_flag=True, help="Delete shards already in --out and start over.")
-@click.option("--max-jets", type=int, default=None, help="Use at most this many jets from each input file.")
+@click.option("--max-jets", type=click.IntRange(min=1), default=None,
+              help="Use at most this many jets from each input file [default: all].")
 @click.option("--tree", default=None, help="generic ROOT: tree name (default: the only TTree).")
 @click.option("--px", default=None, help="generic: branch/dataset of constituent px [GeV].")
 @click.option("--py", default=None, help="generic: branch/dataset of constituent py [GeV].")
@@ -119,8 +125,8 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @reports_errors(interrupted="interrupted; complete shards are kept, rerun with --resume to finish")
 def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algorithm, radius, n_subjets, n_particles,
-            chunk_size, backend, on_bad_jet, workers, scheduler, resume, force, max_jets, tree, px, py, pz, pt, eta,
-            phi, energy, label, classes, counts, branches, progress):
+            chunk_size, backend, on_bad_jet, particle_dtype, workers, scheduler, resume, force, max_jets, tree, px,
+            py, pz, pt, eta, phi, energy, label, classes, counts, branches, progress):
     """Recluster the jets of INPUTS (ROOT, HDF5 or quark-gluon npz) into subjets and write fixed-size HDF5 shards.
 
     Each jet is reclustered into inclusive subjets (Cambridge–Aachen, R=0.2 by default); the S
@@ -137,7 +143,7 @@ def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algori
       jjepa-preprocess cluster run.root --format generic --tree Events \\
           --px pf_px --py pf_py --pz pf_pz --energy pf_e --label is_sig --out shards/
     """
-    from jjepa.preprocess.driver import ClusterRun, run_cluster
+    from jjepa.preprocess.driver import run_cluster
 
     inputs = _cluster_inputs(inputs, dataset, root, split, processes, max_files)
     try:
@@ -147,7 +153,7 @@ def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algori
     options = _generic_options(branches, classes, tree=tree, px=px, py=py, pz=pz, pt=pt, eta=eta, phi=phi,
                                energy=energy, label=label, counts=counts)
     run = ClusterRun(inputs=tuple(inputs), out=out, fmt=fmt, cluster=cluster_config, options=options,
-                     chunk_size=chunk_size, backend=backend, on_bad_jet=on_bad_jet,
+                     chunk_size=chunk_size, backend=backend, on_bad_jet=on_bad_jet, particle_dtype=particle_dtype,
                      workers=_default_workers(workers), scheduler=scheduler,
                      resume=resume, force=force, max_jets=max_jets, progress=progress)
     manifest = run_cluster(run)
@@ -183,10 +189,10 @@ def _simulator():
 def _simulation_options(command):
     """The options ``demo`` and ``simulate`` share: processes, the jet selection, the progress bar."""
     for option in reversed((
-        click.option("--workers", type=int, default=None, help="Processes [default: number of cores]."),
-        click.option("--pt-min", type=float, default=550.0, help="Jet pT window lower edge [GeV]."),
-        click.option("--pt-max", type=float, default=650.0, help="Jet pT window upper edge [GeV]."),
-        click.option("--abs-eta-max", type=float, default=2.0, help="Jet |η| cut."),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: number of cores]."),
+        click.option("--pt-min", type=float, default=_SIM.pt_min, help="Jet pT window lower edge [GeV]."),
+        click.option("--pt-max", type=float, default=_SIM.pt_max, help="Jet pT window upper edge [GeV]."),
+        click.option("--abs-eta-max", type=float, default=_SIM.abs_eta_max, help="Jet |η| cut."),
         click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
     )):
         command = option(command)
@@ -200,43 +206,56 @@ DEMO_FILES = {"top": "TTBar_000.root", "qcd": "ZJetsToNuNu_000.root"}
 @main.command()
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder of this split.")
 @click.option("--dataset", type=click.Choice(DATASET_LAYOUTS), default="demo",
-              help="The dataset the pipeline runs on; for any but demo nothing is simulated (a note is written).")
-@click.option("--n-jets", type=int, required=True, help="Jets per process (top and QCD).")
+              help="demo: simulate in the JetClass ROOT layout; demo-toptagging: in the Top Tagging HDF5 layout; "
+                   "a real dataset: simulate nothing (a note is written).")
+@click.option("--split", type=click.Choice(SPLITS), default=None,
+              help="The split (names the Top Tagging file). [default: the name of --out]")
+@click.option("--n-jets", type=click.IntRange(min=1), required=True, help="Jets per process (top and QCD).")
 @click.option("--top-seed", type=int, required=True, help="Base seed of the top jets.")
 @click.option("--qcd-seed", type=int, required=True, help="Base seed of the QCD jets.")
 @_simulation_options
 @reports_errors
-def demo(out, dataset, n_jets, top_seed, qcd_seed, workers, pt_min, pt_max, abs_eta_max, progress):
-    """Simulate one split of the demo: top and QCD jets, in JetClass ROOT files under --out.
+def demo(out, dataset, split, n_jets, top_seed, qcd_seed, workers, pt_min, pt_max, abs_eta_max, progress):
+    """Simulate one split of the demo: top and QCD jets, in a real dataset's layout under --out.
 
-    Writes TTBar_000.root (top) and ZJetsToNuNu_000.root (QCD), so the jetclass reader names the
-    classes Tbqq and QCD. This is the `simulate` stage of dvc.yaml; when params.yaml's
-    data.dataset names a real dataset, it simulates nothing and leaves only a note.
+    demo: TTBar_000.root (top) and ZJetsToNuNu_000.root (QCD) in the JetClass layout, so the
+    jetclass reader names the classes Tbqq and QCD. demo-toptagging: SPLIT.h5 in the Top Tagging
+    layout (both classes mixed, is_signal_new 1 = top). These are the simulate stages of dvc.yaml; when
+    params.yaml names a real dataset, nothing is simulated and only a note is left.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if dataset != "demo":
+    if dataset not in DEMO_DATASETS:
         (out / "NOT_SIMULATED.txt").write_text(
-            f"The pipeline runs on the {dataset} dataset (params.yaml data.dataset), so no demo jets were simulated.\n")
+            f"The pipeline runs on the {dataset} dataset (params.yaml), so no demo jets were simulated.\n")
         click.echo(f"{out}: nothing simulated (dataset {dataset})")
         return
     SimConfig, simulate_to_file = _simulator()
-    for process, seed in (("top", top_seed), ("qcd", qcd_seed)):
-        config = SimConfig(process=process, n_jets=n_jets, seed=seed, pt_min=pt_min, pt_max=pt_max,
-                           abs_eta_max=abs_eta_max)
-        simulate_to_file(config, out / DEMO_FILES[process], "jetclass", workers=_default_workers(workers),
-                         progress=progress)
-    click.echo(f"{out}: {n_jets} top and {n_jets} QCD jets")
+    configs = {process: SimConfig(process=process, n_jets=n_jets, seed=seed, pt_min=pt_min, pt_max=pt_max,
+                                  abs_eta_max=abs_eta_max) for process, seed in (("top", top_seed), ("qcd", qcd_seed))}
+    if dataset == "demo-toptagging":
+        from jjepa.preprocess.simulate import simulate_toptagging_mix
+
+        split = split or out.name
+        if split not in SPLITS:
+            raise JJepaError(f"--out {out} is not named after a split: pass --split ({', '.join(SPLITS)})")
+        simulate_toptagging_mix(configs["top"], configs["qcd"], out / f"{split}.h5", shuffle_seed=top_seed,
+                                workers=_default_workers(workers), progress=progress)
+    else:
+        for process, config in configs.items():
+            simulate_to_file(config, out / DEMO_FILES[process], "jetclass", workers=_default_workers(workers),
+                             progress=progress)
+    click.echo(f"{out}: {n_jets} top and {n_jets} QCD jets ({dataset})")
 
 
 @main.command()
 @click.option("--process", type=click.Choice(["top", "qcd"]), required=True,
               help="top: tt̄ with hadronic W decays, truth-matched; qcd: hard QCD.")
-@click.option("--n-jets", type=int, required=True, help="Jets to generate.")
+@click.option("--n-jets", type=click.IntRange(min=1), required=True, help="Jets to generate.")
 @click.option("--format", "fmt", type=click.Choice(["jetclass", "toptagging"]), default="jetclass",
               help="Output layout: JetClass ROOT or Top Tagging HDF5.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Output file (.root or .h5).")
-@click.option("--seed", type=int, default=1, help="Base seed; chunk k uses seed + k.")
+@click.option("--seed", type=int, default=_SIM.seed, help="Base seed; chunk k uses seed + k.")
 @_simulation_options
 @reports_errors
 def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_max, progress):
@@ -254,7 +273,7 @@ def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_m
 
 
 @main.command()
-@click.argument("dataset", type=click.Choice(DATASETS))
+@click.argument("dataset", type=click.Choice(PUBLIC_DATASETS))
 @click.option("--dest", required=True, type=click.Path(file_okay=False),
               help="Folder to download into (later the --root of cluster --dataset).")
 @click.option("--base-url", default=None,
@@ -268,7 +287,7 @@ def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_m
               help="Comma-separated splits to fetch, e.g. val,test [default: train,val,test].")
 @click.option("--parts", default=None,
               help="jetclass: train parts to fetch, e.g. 0 or 0,3-4; adds train to --splits [default: 0-9].")
-@click.option("--files", "n_files", type=int, default=None,
+@click.option("--files", "n_files", type=click.IntRange(min=1), default=None,
               help="Only the first N of the selected files, e.g. qg's QG_jets.npz, QG_jets_1.npz, ... "
                    "[default: all].")
 @click.option("--verify/--no-verify", default=True,

@@ -8,9 +8,8 @@ identical constituent partition as FastJet, which the tests check against the ``
 The one exception is exact distance ties (duplicated constituents, lattices): above about 30
 constituents FastJet's default strategy is a tiled one, which may break such ties differently from
 ``N2Plain``; the tests pin those cases against ``N2Plain``. A (y, φ) grid restricting neighbour
-searches to cells of side R was tried and measured 1.6× slower on Pythia jets (their dense cores
-keep about half the constituents within the 3×3 cells at R = 0.2, and walking cell lists costs
-several times more per candidate than these contiguous loops), so it was not kept.
+searches to cells of side R was tried and was slower on Pythia jets (their dense cores keep about
+half the constituents within the 3×3 cells at R = 0.2), so it was not kept (docs/performance.md).
 All jets of a chunk are clustered in one call over flat arrays (content + offsets); there is no
 per-jet Python.
 """

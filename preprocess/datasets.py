@@ -5,7 +5,7 @@ published, which split they belong to, whether they are tars to unpack) and the 
 after fetching, which ``split_files`` reads back for ``cluster --dataset``. The sources and
 checksums are the published ones of Zenodo records 6619768, 2603256 and 3164691 (docs/data.md).
 
-A ``DatasetSpec`` is a plain frozen dataclass, so a test or a mirror can build one with its own
+A ``PublicDataset`` is a plain frozen dataclass, so a test or a mirror can build one with its own
 files, md5s and URLs and hand it to ``jjepa.preprocess.fetch`` without touching the registry.
 """
 
@@ -23,8 +23,12 @@ from jjepa.common.errors import JJepaError
 log = logging.getLogger(__name__)
 
 #: The datasets ``fetch`` knows.
-DATASETS: tuple[str, ...] = ("jetclass", "toptagging", "qg")
+PUBLIC_DATASETS: tuple[str, ...] = ("jetclass", "toptagging", "qg")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: Simulated stand-ins written by ``jjepa-preprocess demo``: in the JetClass ROOT layout (``demo``) or
+#: the Top Tagging HDF5 layout (``demo-toptagging``), one folder per split.
+DEMO_DATASETS: tuple[str, ...] = ("demo", "demo-toptagging")
 #: The ten JetClass processes, as they appear in its file names ``<Process>_<NNN>.root``.
 JETCLASS_PROCESSES: tuple[str, ...] = ("HToBB", "HToCC", "HToGG", "HToWW2Q1L", "HToWW4Q", "TTBar", "TTBarLep",
                                        "WToQQ", "ZToQQ", "ZJetsToNuNu")
@@ -58,11 +62,11 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class PublicDataset:
     """A dataset: where its files are served from and which they are.
 
     Args:
-        name: one of ``DATASETS`` (selects the layout ``split_files`` expects).
+        name: one of ``PUBLIC_DATASETS`` (selects the layout ``split_files`` expects).
         base_url: folder URL the file names are appended to.
         files: every file of the dataset, in download order.
         record_api: URL of a Zenodo record JSON listing the md5s of files whose ``md5`` is None.
@@ -118,20 +122,20 @@ def _jetclass_files() -> tuple[RemoteFile, ...]:
 
 
 #: The registry: every dataset ``fetch`` can download, as published on Zenodo.
-SPECS: dict[str, DatasetSpec] = {
-    "jetclass": DatasetSpec("jetclass", "https://zenodo.org/record/6619768/files/", _jetclass_files()),
-    "toptagging": DatasetSpec("toptagging", "https://zenodo.org/record/2603256/files/",
+SPECS: dict[str, PublicDataset] = {
+    "jetclass": PublicDataset("jetclass", "https://zenodo.org/record/6619768/files/", _jetclass_files()),
+    "toptagging": PublicDataset("toptagging", "https://zenodo.org/record/2603256/files/",
                               tuple(RemoteFile(f"{split}.h5", split) for split in SPLITS),
                               record_api=TOPTAGGING_RECORD_API),
-    "qg": DatasetSpec("qg", "https://zenodo.org/record/3164691/files/",
+    "qg": PublicDataset("qg", "https://zenodo.org/record/3164691/files/",
                       tuple(RemoteFile(qg_file_name(i), _qg_split(i), md5) for i, md5 in enumerate(_QG_MD5))),
 }
 
 
-def get_spec(dataset: str) -> DatasetSpec:
+def get_spec(dataset: str) -> PublicDataset:
     """The registry entry of ``dataset``, or a ``JJepaError`` listing the known ones."""
     if dataset not in SPECS:
-        raise JJepaError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        raise JJepaError(f"unknown dataset {dataset!r}; known: {', '.join(PUBLIC_DATASETS)}")
     return SPECS[dataset]
 
 
@@ -149,7 +153,7 @@ def parse_parts(text: str) -> tuple[int, ...]:
     return tuple(sorted(parts))
 
 
-def select_files(spec: DatasetSpec, splits: Collection[str] | None = None,
+def select_files(spec: PublicDataset, splits: Collection[str] | None = None,
                  parts: Collection[int] | None = None, n_files: int | None = None) -> tuple[RemoteFile, ...]:
     """The files of ``spec`` to fetch, in registry order.
 
@@ -196,9 +200,11 @@ def split_files(dataset: str, root: str | Path, split: str, processes: Sequence[
       ``QG_jets_1.npz`` … ``QG_jets_15.npz`` (1.6M jets), val = ``_16``, ``_17``, test = ``_18``,
       ``_19`` (200k jets each). ``max_files`` caps the number of files of the split.
     - ``demo``: ``<split>/<Process>_<NNN>.root`` as ``jjepa-preprocess demo`` writes them; like jetclass.
+    - ``demo-toptagging``: ``<split>/<split>.h5``, simulated jets in the Top Tagging layout
+      (``jjepa-preprocess demo --dataset demo-toptagging``); like toptagging.
 
     Args:
-        dataset: ``jetclass``, ``toptagging``, ``qg`` or ``demo``.
+        dataset: ``jetclass``, ``toptagging``, ``qg``, ``demo`` or ``demo-toptagging``.
         root: the dataset's folder.
         split: ``train``, ``val`` or ``test``.
         processes: jetclass/demo: processes to keep; None: all there are.
@@ -218,6 +224,12 @@ def split_files(dataset: str, root: str | Path, split: str, processes: Sequence[
         return _process_files(dataset, root, split, folder, processes, max_files)
     if processes:
         log.debug("%s has no processes; ignoring processes=%s", dataset, processes)
+    if dataset == "demo-toptagging":
+        path = root / split / f"{split}.h5"
+        if not path.is_file():
+            raise JJepaError(f"no simulated Top Tagging {split} file: expected {path}; simulate it with: "
+                             f"jjepa-preprocess demo --dataset demo-toptagging --out {root / split} (or dvc repro)")
+        return [path]
     if dataset == "toptagging":
         path = root / f"{split}.h5"
         if not path.is_file():
@@ -226,7 +238,7 @@ def split_files(dataset: str, root: str | Path, split: str, processes: Sequence[
         return [path]
     if dataset == "qg":
         return _qg_files(root, split, max_files)
-    raise JJepaError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS + ('demo',))}")
+    raise JJepaError(f"unknown dataset {dataset!r}; known: {', '.join(PUBLIC_DATASETS + DEMO_DATASETS)}")
 
 
 def _fetch_command(dataset: str, root: Path, options: str) -> str:

@@ -2,8 +2,11 @@
 
 One task = one chunk of one file = one shard. The plan (inputs, chunking, clustering config) is
 deterministic and recorded in ``manifest.json``; shard ``k`` is always task ``k``, so ``--resume``
-redoes exactly the shards that are missing or whose sha256 no longer matches. The manifest is
-rewritten atomically after every completed shard and lists only complete shards.
+redoes exactly the shards that are missing or whose sha256 no longer matches. The plan records each
+input's fingerprint (``fingerprint.py``: content sha256, plus path, size and mtime to skip re-hashing),
+so ``--resume`` refuses an input whose content changed, naming it, and accepts the same files given
+by another path. The manifest is rewritten atomically after every completed shard and lists only
+complete shards.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from jjepa.common.atomic import sha256_file
 from jjepa.common.errors import InputError, JJepaError
-from jjepa.common.schema import ClusterConfig, validate_shard
+from jjepa.common.schema import PARTICLE_DTYPES, ClusterConfig, bytes_per_jet, config_dict, validate_shard
 from jjepa.common.shards import (
     MANIFEST_NAME,
     Manifest,
@@ -26,9 +30,12 @@ from jjepa.common.shards import (
     shard_name,
     write_manifest,
 )
-from jjepa.preprocess.readers import detect_format, source_info
+from jjepa.preprocess.diskfull import DiskFullError, disk_full_as_error
+from jjepa.preprocess.fingerprint import check_same_inputs, fingerprints
+from jjepa.preprocess.readers import FORMATS, detect_format, source_info
 from jjepa.preprocess.readers.base import GenericOptions
-from jjepa.preprocess.task import ShardTask, run_task
+from jjepa.preprocess.task import BACKENDS, ShardTask, run_task
+from jjepa.preprocess.validate import ON_BAD_JET
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,7 @@ class ClusterRun:
         chunk_size: jets per task and per shard.
         backend: ``numba`` (default) or ``fastjet``.
         on_bad_jet: ``error`` or ``skip``.
+        particle_dtype: storage dtype of ``particles``, ``float32`` or ``float16`` (about half the disk).
         workers: local Dask worker processes; 0 runs in this process without Dask.
         scheduler: address of an existing Dask scheduler (``tcp://host:8786``); overrides workers.
         resume: finish an interrupted run in ``out`` instead of refusing to touch it.
@@ -63,6 +71,7 @@ class ClusterRun:
     chunk_size: int = 25_000
     backend: str = "numba"
     on_bad_jet: str = "error"
+    particle_dtype: str = "float32"
     workers: int = 1
     scheduler: str | None = None
     resume: bool = False
@@ -70,11 +79,26 @@ class ClusterRun:
     max_jets: int | None = None
     progress: bool = True
 
+    def __post_init__(self):
+        """Refuse values that would hang (workers < 0) or quietly do nothing (max_jets < 1), before any work."""
+        if self.chunk_size < 1:
+            raise JJepaError(f"chunk size must be at least 1, not {self.chunk_size}")
+        if self.workers < 0:
+            raise JJepaError(f"workers must be 0 (no Dask) or more, not {self.workers}")
+        if self.max_jets is not None and self.max_jets < 1:
+            raise JJepaError(f"max_jets must be at least 1 (or None for all jets), not {self.max_jets}")
+        if self.on_bad_jet not in ON_BAD_JET:
+            raise JJepaError(f"on_bad_jet must be one of {ON_BAD_JET}, not {self.on_bad_jet!r}")
+        if self.backend not in BACKENDS:
+            raise JJepaError(f"backend must be one of {BACKENDS}, not {self.backend!r}")
+        if self.fmt not in FORMATS:
+            raise JJepaError(f"format must be one of {FORMATS}, not {self.fmt!r}")
+        if self.particle_dtype not in PARTICLE_DTYPES:
+            raise JJepaError(f"particle_dtype must be one of {PARTICLE_DTYPES}, not {self.particle_dtype!r}")
+
 
 def plan_tasks(run: ClusterRun) -> tuple[list[ShardTask], tuple[str, ...]]:
     """Split every input into chunks of ``chunk_size`` jets; check the inputs agree on classes."""
-    if run.chunk_size < 1:
-        raise JJepaError(f"chunk size must be at least 1, not {run.chunk_size}")
     tasks: list[ShardTask] = []
     classes: tuple[str, ...] | None = None
     for path in run.inputs:
@@ -92,12 +116,35 @@ def plan_tasks(run: ClusterRun) -> tuple[list[ShardTask], tuple[str, ...]]:
             tasks.append(ShardTask(
                 index=len(tasks), path=str(path), fmt=fmt, start=start, stop=min(start + run.chunk_size, n_jets),
                 out=str(Path(run.out) / shard_name(len(tasks))), classes=classes, cluster=run.cluster,
-                options=run.options, backend=run.backend, on_bad_jet=run.on_bad_jet))
+                options=run.options, backend=run.backend, on_bad_jet=run.on_bad_jet,
+                particle_dtype=run.particle_dtype))
     return tasks, classes or ()
 
 
-def _plan_record(run: ClusterRun, tasks: list[ShardTask]) -> dict:
-    """What must match for ``--resume`` to continue a run: inputs, chunking and options."""
+#: Version of the ``plan`` record in manifest.json; 2 fingerprints the inputs (``fingerprint.py``).
+PLAN_VERSION = 2
+
+
+def _plan_record(run: ClusterRun, tasks: list[ShardTask], inputs: list[dict]) -> dict:
+    """What must match for ``--resume`` to continue a run: inputs (by fingerprint), chunking and options.
+
+    Chunks name their input by position, not path, so the same files given by another path match.
+    """
+    index = {str(p): i for i, p in enumerate(run.inputs)}
+    return {
+        "version": PLAN_VERSION,
+        "inputs": inputs,
+        "chunks": [[index[t.path], t.start, t.stop] for t in tasks],
+        "format": run.fmt,
+        "options": asdict(run.options) | {"classes": list(run.options.classes)},
+        "backend": run.backend,
+        "on_bad_jet": run.on_bad_jet,
+        "particle_dtype": run.particle_dtype,
+    }
+
+
+def _legacy_plan_record(run: ClusterRun, tasks: list[ShardTask]) -> dict:
+    """The plan record of manifests written before input fingerprints (compared by path)."""
     return {
         "inputs": [str(p) for p in run.inputs],
         "chunks": [[t.path, t.start, t.stop] for t in tasks],
@@ -106,6 +153,34 @@ def _plan_record(run: ClusterRun, tasks: list[ShardTask]) -> dict:
         "backend": run.backend,
         "on_bad_jet": run.on_bad_jet,
     }
+
+
+#: What each plan key means, for the message when a resumed run differs.
+_PLAN_WORDS = {"chunks": "chunking (--chunk-size, --max-jets)", "format": "--format",
+               "options": "generic reader options (branch names, classes)", "backend": "--backend",
+               "on_bad_jet": "--on-bad-jet", "particle_dtype": "--particle-dtype"}
+
+
+def _check_resumable(out: Path, old: Manifest, run: ClusterRun, tasks: list[ShardTask]) -> dict:
+    """The plan of this run if it may continue the run that made ``old``; else a ``JJepaError`` saying why."""
+    what = "--resume needs the same inputs, chunk size and clustering options as the run that made it"
+    fix = "use another --out, or --force to delete these shards and start over"
+    if old.cluster != run.cluster:
+        raise JJepaError(f"{out}: {what}; the clustering differs (was {config_dict(old.cluster)}, now "
+                         f"{config_dict(run.cluster)}) ({fix})")
+    if old.plan.get("version") != PLAN_VERSION:  # an older manifest: inputs by path, as it was checked then
+        if old.plan != _legacy_plan_record(run, tasks) or run.particle_dtype != "float32":  # all float32 then
+            raise JJepaError(f"{out}: {what} ({fix})")
+        log.warning("%s was written without input fingerprints: resuming by path, so a changed input cannot "
+                    "be detected this once; the manifest records them from now on", out)
+        return _plan_record(run, tasks, fingerprints(run.inputs))
+    inputs = fingerprints(run.inputs, known=old.plan.get("inputs"))
+    check_same_inputs(out, old.plan.get("inputs", []), inputs, run.inputs)
+    plan = _plan_record(run, tasks, inputs)
+    differ = [key for key in plan if key != "inputs" and plan[key] != old.plan.get(key)]
+    if differ:
+        raise JJepaError(f"{out}: {what}; the {', '.join(_PLAN_WORDS.get(k, k) for k in differ)} differ ({fix})")
+    return plan
 
 
 def _intact(folder: Path, record: ShardRecord) -> bool:
@@ -119,21 +194,16 @@ def _start_manifest(run: ClusterRun, tasks: list[ShardTask], classes) -> tuple[M
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".shard-*.tmp"):
         stale.unlink()
-    plan = _plan_record(run, tasks)
-    fresh = Manifest(cluster=run.cluster, classes=classes, shards=[], plan=plan)
-    if not (out / MANIFEST_NAME).exists():
-        return fresh, tasks
-    if run.force:
-        for old in out.glob("shard-*.h5"):
+    if not (out / MANIFEST_NAME).exists() or run.force:
+        for old in out.glob("shard-*.h5") if run.force else ():
             old.unlink()
-        return fresh, tasks
+        plan = _plan_record(run, tasks, fingerprints(run.inputs))
+        return Manifest(cluster=run.cluster, classes=classes, shards=[], plan=plan), tasks
     if not run.resume:
         raise JJepaError(f"{out} already holds shards ({MANIFEST_NAME} exists); pass --resume to finish that run "
                          "or --force to delete it and start over")
     old = read_manifest(out)
-    if old.cluster != run.cluster or old.plan != plan:
-        raise JJepaError(f"{out}: --resume needs the same inputs, chunk size and clustering options as the run "
-                         "that made it; use another --out, or --force to start over")
+    plan = _check_resumable(out, old, run, tasks)
     kept = [r for r in old.shards if _intact(out, r)]
     if len(kept) < len(old.shards):
         log.warning("%d shard(s) in %s are missing or damaged and will be redone", len(old.shards) - len(kept), out)
@@ -156,18 +226,58 @@ def _dask_client(run: ClusterRun):
         yield client
 
 
+#: Bytes a shard file takes beyond its jets' (HDF5 superblock, object headers, attributes): ~10 kB.
+SHARD_OVERHEAD_BYTES = 16_384
+
+
+def check_disk_space(out: str | os.PathLike, n_jets: int, n_shards: int, cluster: ClusterConfig,
+                     particle_dtype: str) -> int:
+    """Log the size the shards will take; refuse to start when the filesystem of ``out`` has less free.
+
+    The size is exact up to the HDF5 overhead: jets × ``bytes_per_jet`` (the schema's fixed-size
+    arrays) + ``SHARD_OVERHEAD_BYTES`` per shard; jets skipped as bad (``--on-bad-jet skip``) only
+    make it smaller. Returns the expected bytes.
+
+    Raises:
+        JJepaError: less free space than that on the filesystem of ``out``.
+    """
+    from jjepa.preprocess.fetch import human_size
+
+    per_jet = bytes_per_jet(cluster.n_subjets, cluster.n_particles, particle_dtype)
+    need = n_jets * per_jet + n_shards * SHARD_OVERHEAD_BYTES
+    free = shutil.disk_usage(out).free
+    log.info("expected output: %s (%d jets x %d bytes, %s particles, S=%d, N=%d); %s free in %s", human_size(need),
+             n_jets, per_jet, particle_dtype, cluster.n_subjets, cluster.n_particles, human_size(free), out)
+    if need > free:
+        smaller = ", or --particle-dtype float16 (about half the size)" if particle_dtype == "float32" else ""
+        raise JJepaError(f"{out}: the shards need about {human_size(need)} ({n_jets} jets x {per_jet} bytes) but "
+                         f"only {human_size(free)} are free there; free some space, choose another --out{smaller}")
+    return need
+
+
 def run_cluster(run: ClusterRun) -> Manifest:
     """Run (or resume) a ``cluster`` job; return the final manifest.
 
     Raises ``InputError`` for bad input after the shards that did succeed are recorded, so a
-    later ``--resume`` only redoes the failed chunks once the input is fixed.
+    later ``--resume`` only redoes the failed chunks once the input is fixed; ``DiskFullError``
+    ("no space left on device: <path>") when the disk fills, after stopping the remaining tasks and
+    removing their partial files, so ``--resume`` finishes once there is space.
     """
     tasks, classes = plan_tasks(run)
     manifest, todo = _start_manifest(run, tasks, classes)
-    write_manifest(run.out, manifest)
     total = sum(t.n_jets for t in todo)
+    try:
+        check_disk_space(run.out, total, len(todo), run.cluster, run.particle_dtype)
+    except JJepaError:
+        if not manifest.shards:  # (--force deleted them) a manifest would list shards that are gone
+            (Path(run.out) / MANIFEST_NAME).unlink(missing_ok=True)
+        raise
+    manifest_path = Path(run.out) / MANIFEST_NAME
+    with disk_full_as_error(manifest_path):
+        write_manifest(run.out, manifest)
     log.info("%d shard(s) to write (%d jets) into %s", len(todo), total, run.out)
     errors: list[Exception] = []
+    written = {"shards": 0, "jets": 0}  # jets read into shards this run (skipped bad jets included)
     started = time.perf_counter()
     bar = tqdm(total=total, unit="jet", unit_scale=True, disable=not run.progress, desc="cluster")
 
@@ -178,42 +288,58 @@ def run_cluster(run: ClusterRun) -> Manifest:
             return
         manifest.shards.append(record)
         manifest.shards.sort(key=lambda r: r.file)
-        write_manifest(run.out, manifest)
+        written["shards"] += 1
+        written["jets"] += task.n_jets
+        with disk_full_as_error(manifest_path):
+            write_manifest(run.out, manifest)
 
     try:
         if run.workers == 0 and not run.scheduler:
             for task in todo:
-                try:
-                    done(task, run_task(task), None)
-                except InputError as err:
-                    done(task, None, err)
+                done(task, *_outcome(task))
+                if errors and isinstance(errors[-1], DiskFullError):
+                    break  # every later shard would fail the same way
         elif todo:
             _run_on_dask(run, todo, done)
     finally:
         bar.close()
+        for partial in Path(run.out).glob(".shard-*.tmp"):  # of tasks cancelled mid-write: never trusted
+            partial.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
-    log.info("wrote %d shard(s), %d jets in %.1f s (%.0f jets/s)", len(todo) - len(errors),
-             total, elapsed, total / max(elapsed, 1e-9))
+    log.info("wrote %d shard(s), %d jets in %.1f s (%.0f jets/s)", written["shards"], written["jets"], elapsed,
+             written["jets"] / max(elapsed, 1e-9))
     if errors:
-        for err in errors[1:]:
-            log.error("%s", err)
-        raise errors[0]
+        first = next((e for e in errors if isinstance(e, DiskFullError)), errors[0])
+        for err in errors:
+            if err is not first:
+                log.error("%s", err)
+        raise first
     return manifest
+
+
+def _outcome(task: ShardTask) -> tuple[ShardRecord | None, JJepaError | None]:
+    """``(record, None)``, or ``(None, error)`` for bad input or a full disk, which are returned rather
+    than raised so that a Dask worker logs no traceback for what the user gets as one line."""
+    try:
+        return run_task(task), None
+    except (InputError, DiskFullError) as err:
+        return None, err
 
 
 def _run_on_dask(run: ClusterRun, todo: list[ShardTask], done) -> None:
     from distributed import as_completed
 
     with _dask_client(run) as client:
-        futures = {client.submit(run_task, t, key=f"jjepa-shard-{t.index}-{os.getpid()}", pure=False): t
+        futures = {client.submit(_outcome, t, key=f"jjepa-shard-{t.index}-{os.getpid()}", pure=False): t
                    for t in todo}
         try:
             for future in as_completed(futures):
                 task = futures[future]
-                try:
-                    done(task, future.result(), None)
-                except InputError as err:
-                    done(task, None, err)
+                record, error = future.result()
+                done(task, record, error)
+                if isinstance(error, DiskFullError):  # every later shard would fail the same way
+                    client.cancel(list(futures))
+                    break
         except BaseException:
             client.cancel(list(futures))
             raise

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from jjepa.common.atomic import file_digest, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.preprocess.datasets import DatasetSpec, RemoteFile
+from jjepa.preprocess.datasets import PublicDataset, RemoteFile
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def read_record_api(url: str, timeout_s: float = TIMEOUT_S) -> dict[str, str]:
                          "--no-verify") from None
 
 
-def resolve_checksums(spec: DatasetSpec, files: Iterable[RemoteFile],
+def resolve_checksums(spec: PublicDataset, files: Iterable[RemoteFile],
                       checksum_file: str | os.PathLike | None = None, verify: bool = True,
                       timeout_s: float = TIMEOUT_S) -> dict[str, str | None]:
     """The md5 of each file: from ``checksum_file`` if it lists it, else the registry, else the record API.
@@ -372,7 +372,7 @@ def _drop_archive(archive: Path, report: FileReport, options: FetchOptions) -> N
 
 # --- a whole dataset --------------------------------------------------------------------------------
 
-def plan_lines(spec: DatasetSpec, files: Iterable[RemoteFile], md5s: Mapping[str, str | None],
+def plan_lines(spec: PublicDataset, files: Iterable[RemoteFile], md5s: Mapping[str, str | None],
                dest: Path) -> list[str]:
     """What ``fetch`` would do (``--dry-run``): per file its URL, md5 and what is already in ``dest``."""
     files = tuple(files)
@@ -402,7 +402,7 @@ def cluster_commands(dataset: str, dest: Path, splits: Iterable[str]) -> list[st
             f"--out data/shards/{split}" for split in dict.fromkeys(splits)]
 
 
-def fetch_dataset(spec: DatasetSpec, files: Iterable[RemoteFile], md5s: Mapping[str, str | None],
+def fetch_dataset(spec: PublicDataset, files: Iterable[RemoteFile], md5s: Mapping[str, str | None],
                   options: FetchOptions) -> FetchReport:
     """Fetch ``files`` of ``spec`` into ``options.dest``: download, verify, unpack; report per file.
 

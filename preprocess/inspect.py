@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 from jjepa.common.atomic import sha256_file
 from jjepa.common.errors import ShardError
-from jjepa.common.schema import validate_shard
+from jjepa.common.schema import SCHEMA_VERSION, validate_shard
 from jjepa.common.shards import open_memmaps, read_manifest
 
 
@@ -19,12 +20,52 @@ def _quantiles(values: np.ndarray) -> dict:
             "max": int(values.max())}
 
 
+#: What every shard of one folder must share (file attributes), and what the manifest says of it.
+_LAYOUT_KEYS = ("schema_version", "n_subjets", "n_particles", "algorithm", "radius", "classes", "particle_dtype")
+_MIXED_HINT = ("a folder holds the shards of one clustering run: recluster the odd inputs into a folder of "
+               "their own (jjepa-preprocess cluster --out ...), or rebuild it with --force")
+
+
+def _layout_problems(path: Path, manifest, n_jets: int, reference: dict | None) -> tuple[dict, list[str]]:
+    """A shard's layout (schema version, S, N, clustering, classes, particle dtype, jets) and what differs.
+
+    Reads the file's attributes and dataset shapes only (no data). Compared against the manifest
+    (schema version, S, N, algorithm, R, classes, jet count) and against ``reference``, the first
+    shard's layout (everything, including the particle dtype the manifest does not record).
+    """
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            layout = {key: attrs[key] for key in _LAYOUT_KEYS if key in attrs}
+            layout = {k: ([str(c) for c in v] if k == "classes" else v.item() if hasattr(v, "item") else v)
+                      for k, v in layout.items()}
+            layout.setdefault("particle_dtype", "float32")
+            labels = f.get("labels")
+            jets = int(labels.shape[0]) if isinstance(labels, h5py.Dataset) else None
+    except OSError as err:
+        return {}, [f"cannot open as HDF5 ({err})"]
+    expected = {"schema_version": SCHEMA_VERSION, "n_subjets": manifest.cluster.n_subjets,
+                "n_particles": manifest.cluster.n_particles, "algorithm": manifest.cluster.algorithm,
+                "radius": manifest.cluster.radius, "classes": list(manifest.classes)}
+    problems = [f"{key} is {layout.get(key)!r} but the manifest says {value!r} ({_MIXED_HINT})"
+                for key, value in expected.items() if layout.get(key) != value]
+    if reference:
+        problems += [f"{key} is {layout.get(key)!r} but {reference.get(key)!r} in the folder's first shard "
+                     f"({_MIXED_HINT})" for key in ("particle_dtype",) if layout.get(key) != reference.get(key)]
+    if jets is not None and jets != n_jets:
+        problems.append(f"holds {jets} jets but the manifest says {n_jets}")
+    return layout, problems
+
+
 def summarize(folder: str | Path, check: bool = False) -> dict:
     """Jets, classes, multiplicities and config of the shards listed in ``folder/manifest.json``.
 
     Multiplicities are computed from the memory-mapped masks (subjets per jet, constituents per
     subjet before truncation) and the fraction of jets/subjets that hit the S/N limits.
-    With ``check``, every shard's sha256 and contents are verified; problems are listed.
+    Every shard's layout (schema version, S, N, clustering, classes, particle dtype, jet count) is
+    checked against the manifest and the first shard, from the attributes alone: a folder mixing
+    shards of different runs is listed as a problem. With ``check``, every shard's sha256 and
+    contents are verified too; problems are listed.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -32,6 +73,7 @@ def summarize(folder: str | Path, check: bool = False) -> dict:
     class_counts = np.zeros(n_classes, dtype=np.int64)
     subjets_per_jet, nparts, constituents = [], [], []
     problems: list[str] = []
+    reference: dict | None = None  # the first shard's layout: every other must agree with it
     for record in manifest.shards:
         path = folder / record.file
         if not path.exists():
@@ -41,6 +83,9 @@ def summarize(folder: str | Path, check: bool = False) -> dict:
             if sha256_file(path) != record.sha256:
                 problems.append(f"{record.file}: sha256 differs from the manifest")
             problems += [f"{record.file}: {p}" for p in validate_shard(path, deep=True)]
+        layout, mismatch = _layout_problems(path, manifest, record.n_jets, reference)
+        reference = reference or layout
+        problems += [f"{record.file}: {p}" for p in mismatch]
         try:
             maps = open_memmaps(path)
         except (OSError, KeyError, ShardError) as err:

@@ -108,7 +108,7 @@ def write_toptagging_h5(path, chunk: JetChunk, max_particles: int = N_CONSTITUEN
     Columns ``E_i, PX_i, PY_i, PZ_i`` (i < 200, float32) hold each jet's ``max_particles``
     highest-pT constituents, pT-ordered and zero-padded; ``truthE..truthPZ`` (float32) are zeros;
     ``ttv`` (int64) is 0 and ``is_signal_new`` (int64) the label (0 = QCD, 1 = top). Needs pandas.
-    Note that a constituent with E <= 0 reads back as padding.
+    Padding is all-zero slots, so a constituent with NaN or E <= 0 reads back as a (bad) constituent.
 
     Raises:
         ValueError: labels other than 0/1, or ``max_particles`` outside [1, 200].

@@ -242,3 +242,25 @@ def simulate_to_file(config: SimConfig, out, fmt: str = "jetclass", workers: int
     else:
         raise ValueError(f"format must be jetclass or toptagging, not {fmt!r}")
     log.info("wrote %d %s jets to %s", chunk.n_jets, config.process, out)
+
+
+def simulate_toptagging_mix(top: SimConfig, qcd: SimConfig, out, shuffle_seed: int, workers: int = 1,
+                            progress: bool = True) -> None:
+    """Simulate top and QCD jets and write them as one Top Tagging HDF5 file, mixed in a seeded order.
+
+    The real Top Tagging files hold both classes interleaved (``is_signal_new`` 1 / 0); so does this one.
+    """
+    from jjepa.preprocess.rawformats import write_toptagging_h5
+
+    both = _concat([simulate_jets(top, workers=workers, progress=progress),
+                    simulate_jets(qcd, workers=workers, progress=progress)], f"pythia8:top+qcd:seed={shuffle_seed}")
+    order = np.random.default_rng(shuffle_seed).permutation(both.n_jets)
+    counts = np.diff(both.offsets)[order]
+    offsets = offsets_from_counts(counts)
+    particles = np.arange(offsets[-1]) + np.repeat(both.offsets[:-1][order] - offsets[:-1], counts)
+    mixed = JetChunk(px=both.px[particles], py=both.py[particles], pz=both.pz[particles],
+                     energy=both.energy[particles], offsets=offsets, labels=both.labels[order],
+                     path=both.path, start=0, stop=both.n_jets)
+    write_toptagging_h5(out, mixed)
+    log.info("wrote %d top and %d QCD jets to %s", top.n_jets, qcd.n_jets, out)
+

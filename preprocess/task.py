@@ -14,6 +14,7 @@ import numpy as np
 from jjepa.common.schema import ClusterConfig, ShardArrays, ShardAttrs
 from jjepa.common.shards import ShardRecord, record_for, shard_writer
 from jjepa.preprocess.cluster import cluster, cluster_fastjet
+from jjepa.preprocess.diskfull import disk_full_as_error
 from jjepa.preprocess.features import fill_features
 from jjepa.preprocess.readers import read_chunk
 from jjepa.preprocess.readers.base import GenericOptions
@@ -37,6 +38,7 @@ class ShardTask:
     options: GenericOptions
     backend: str = "numba"
     on_bad_jet: str = "error"
+    particle_dtype: str = "float32"
 
     @property
     def n_jets(self) -> int:
@@ -69,7 +71,8 @@ def run_task(task: ShardTask, block_size: int = 1024) -> ShardRecord:
     Features are built ``block_size`` jets at a time into one reused buffer and written straight
     into the shard, so memory stays at the chunk's constituents plus ~10 MB whatever the chunk
     size, and no fresh 10 kB-per-jet output array is page-faulted in. Raises ``InputError``
-    (naming file and entry) on bad input; nothing is written then.
+    (naming file and entry) on bad input, ``DiskFullError`` (naming the shard) when the disk is
+    full; nothing is left under the shard's name then.
     """
     chunk = read_chunk(task.fmt, task.path, task.start, task.stop, task.options)
     chunk, n_skipped = check_chunk(chunk, task.on_bad_jet)
@@ -79,8 +82,9 @@ def run_task(task: ShardTask, block_size: int = 1024) -> ShardRecord:
     p4 = [np.ascontiguousarray(a, dtype=np.float64) for a in (chunk.px, chunk.py, chunk.pz, chunk.energy)]
     buffer = _block_buffer(min(block_size, chunk.n_jets), task.cluster.n_subjets, task.cluster.n_particles)
     path = Path(task.out)
-    attrs = ShardAttrs(cluster=task.cluster, classes=task.classes, source=task.source())
-    with shard_writer(path, chunk.n_jets, attrs) as write:
+    attrs = ShardAttrs(cluster=task.cluster, classes=task.classes, source=task.source(),
+                       particle_dtype=task.particle_dtype)
+    with disk_full_as_error(path), shard_writer(path, chunk.n_jets, attrs) as write:
         for lo in range(0, chunk.n_jets, block_size):
             hi = min(lo + block_size, chunk.n_jets)
             block = buffer if hi - lo == buffer.n_jets else buffer.take(slice(0, hi - lo))

@@ -1,4 +1,9 @@
-"""Bad-jet detection on a chunk: one compiled pass over the constituents, one clear message per problem."""
+"""Bad-jet detection on a chunk: one compiled pass over the constituents, one clear message per problem.
+
+This is the one rule every reader's jets go through: readers keep every slot that is not pure
+zero padding (``readers.base.real_slots``) and flag what the four-momenta cannot show
+(``JetChunk.problems``); here a jet is judged bad and ``--on-bad-jet`` decides (error or skip).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ REASONS: tuple[str, ...] = (
     "a constituent has a non-finite momentum or energy",
     "a constituent has negative energy",
     "a constituent has zero transverse momentum",
+    "a constituent has zero energy but non-zero momentum",
 )
 
 
@@ -38,13 +44,15 @@ def _reason_codes(px, py, pz, e, offsets, codes):
         nonfinite = False
         negative = False
         zero_pt = False
+        zero_e = False
         for k in range(lo, hi):
             if not (math.isfinite(px[k]) and math.isfinite(py[k]) and math.isfinite(pz[k]) and math.isfinite(e[k])):
                 nonfinite = True
             else:
                 negative |= e[k] < 0
                 zero_pt |= px[k] * px[k] + py[k] * py[k] == 0
-        codes[j] = 2 if nonfinite else 3 if negative else 4 if zero_pt else 0
+                zero_e |= e[k] == 0
+        codes[j] = 2 if nonfinite else 3 if negative else 4 if zero_pt else 5 if zero_e else 0
 
 
 def bad_jets(chunk: JetChunk) -> tuple[np.ndarray, np.ndarray]:
@@ -52,13 +60,18 @@ def bad_jets(chunk: JetChunk) -> tuple[np.ndarray, np.ndarray]:
 
     Returns:
         ``(bad, reason)``: bool (J,) and an object array (J,) of reasons ('' where good). A jet is
-        bad if it has no constituents, or a constituent with non-finite momentum, negative
-        energy, or zero transverse momentum (its pseudorapidity would be infinite); the first of
-        these that applies is its reason.
+        bad if the reader flagged it (``chunk.problems``, e.g. a negative pT before conversion), or
+        it has no constituents, or a constituent with non-finite momentum, negative energy, zero
+        transverse momentum (its pseudorapidity would be infinite) or zero energy with non-zero
+        momentum; the reader's reason comes first, then the first of these that applies.
     """
     codes = np.empty(chunk.n_jets, dtype=np.int8)
     _reason_codes(chunk.px, chunk.py, chunk.pz, chunk.energy, np.asarray(chunk.offsets, dtype=np.int64), codes)
-    return codes != 0, np.array(REASONS, dtype=object)[codes]
+    reason = np.array(REASONS, dtype=object)[codes]
+    if chunk.problems is not None:
+        flagged = chunk.problems != ""
+        reason[flagged] = chunk.problems[flagged]
+    return reason != "", reason
 
 
 def check_chunk(chunk: JetChunk, on_bad_jet: str = "error") -> tuple[JetChunk, int]:
@@ -88,5 +101,5 @@ def check_chunk(chunk: JetChunk, on_bad_jet: str = "error") -> tuple[JetChunk, i
     log.warning("%s: skipped %d bad jet(s) in entries %d-%d (first: entry %d, %s)", chunk.path, int(bad.sum()),
                 chunk.start, chunk.stop - 1, chunk.start + first, reason[first])
     good = replace(chunk, px=chunk.px[particle_keep], py=chunk.py[particle_keep], pz=chunk.pz[particle_keep],
-                   energy=chunk.energy[particle_keep], offsets=offsets, labels=chunk.labels[keep])
+                   energy=chunk.energy[particle_keep], offsets=offsets, labels=chunk.labels[keep], problems=None)
     return good, int(bad.sum())

@@ -41,7 +41,7 @@ def take_jets(chunk: JetChunk, jets: list[int]) -> JetChunk:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("dvc") is None, reason="dvc is not installed (pip install -e '.[pipeline]')")
-def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path, simulated_jets):
+def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path, simulated_jets, check_figure):
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout.split()
     for name in listed:
@@ -50,7 +50,7 @@ def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path, simulat
             shutil.copy2(REPO / name, tmp_path / name)
     run(["git", "init", "-q"], tmp_path)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    for split in params["simulate"]["splits"].values():
+    for split in (*params["simulate"]["pretrain"].values(), *params["simulate"]["finetune"].values()):
         split["n_jets"] = 150
     params["cluster"].update(chunk_size=1000, workers=0)
     params["pretrain"].update(steps=20, batch_size=64, log_every=10, val_every=10, checkpoint_every=10, device="cpu")
@@ -64,10 +64,19 @@ def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path, simulat
     assert set(metrics) == {"finetune", "freeze", "scratch"}
     for mode in metrics.values():
         assert set(mode) == {"labels_60", "labels_300"}
-        assert all(set(cell) == {"accuracy", "auc", "rej_at_50", "rej_at_30"} for cell in mode.values())
+        assert all(set(cell) == {"accuracy", "auc", "rej_at_50", "rej_at_30", "auc_ci_low", "auc_ci_high",
+                                 "rej_at_50_ci_low", "rej_at_50_ci_high"} for cell in mode.values())
+    # Pretraining on jets in the JetClass ROOT layout, finetuning on others in the Top Tagging HDF5 layout.
+    pretrain_shards = json.loads((tmp_path / "reports" / "shards-pretrain-train.json").read_text())
+    finetune_shards = json.loads((tmp_path / "reports" / "shards-finetune-train.json").read_text())
+    assert {name: n for name, n in pretrain_shards["classes"].items() if n} == {"QCD": 150, "Tbqq": 150}
+    assert finetune_shards["classes"] == {"QCD": 150, "top": 150}
+    assert (tmp_path / "data" / "raw" / "finetune" / "train" / "train.h5").is_file()
+    assert (tmp_path / "reports" / "evaluate" / "paired.csv").is_file()
     pretrain = json.loads((tmp_path / "runs" / "pretrain" / "metrics.json").read_text())
     assert pretrain["step"] == 20
-    assert (tmp_path / "reports" / "evaluate" / "roc.png").stat().st_size > 0
+    check_figure(tmp_path / "reports" / "evaluate" / "roc.png")
+    check_figure(tmp_path / "reports" / "evaluate" / "rejection_vs_labels.png")
 
     again = run(dvc + ["repro"], tmp_path)
     assert "Running stage" not in again, again
@@ -75,15 +84,15 @@ def test_dvc_repro_runs_the_whole_chain_and_is_then_up_to_date(tmp_path, simulat
     assert "finetune.labels_300.auc" in run(dvc + ["metrics", "show"], tmp_path)
 
     # A real dataset is one parameter away: the simulate stage then simulates nothing and cluster
-    # reads the dataset's split from data.root (here a small file in the Top Tagging layout).
+    # reads the dataset's split from finetune_data.root (here a small file in the Top Tagging layout).
     toptagging = tmp_path.parent / f"{tmp_path.name}-toptagging"
     toptagging.mkdir()
     write_toptagging_h5(toptagging / "val.h5", take_jets(simulated_jets, [0, 1, 2, 1000, 1001]))
     run(["git", "add", "-A"], tmp_path)
     run(["git", "commit", "-qm", "demo run"], tmp_path)
-    switch = ["-S", "data.dataset=toptagging", "-S", f"data.root={toptagging}"]
-    run(dvc + ["exp", "run", *switch, "simulate@val", "cluster@val"], tmp_path)
-    shards = json.loads((tmp_path / "reports" / "shards-val.json").read_text())
+    switch = ["-S", "finetune_data.dataset=toptagging", "-S", f"finetune_data.root={toptagging}"]
+    run(dvc + ["exp", "run", *switch, "simulate-finetune@val", "cluster-finetune@val"], tmp_path)
+    shards = json.loads((tmp_path / "reports" / "shards-finetune-val.json").read_text())
     assert shards["n_jets"] == 5
     assert shards["classes"] == {"QCD": 2, "top": 3}
-    assert (tmp_path / "data" / "raw" / "val" / "NOT_SIMULATED.txt").exists()
+    assert (tmp_path / "data" / "raw" / "finetune" / "val" / "NOT_SIMULATED.txt").exists()

@@ -7,6 +7,7 @@ Configuration flows one way: the dataclass defaults (``jjepa.train.config``), th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,10 @@ from jjepa.train.config import (
     DEVICES,
     ENCODERS,
     MODES,
+    PRECISIONS,
     PRESETS,
+    FinetuneConfig,
+    PretrainConfig,
     resolve_finetune_config,
     resolve_pretrain_config,
 )
@@ -29,7 +33,7 @@ from jjepa.train.config import (
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", count=True, help="More log output (debug).")
 def main(verbose: int) -> None:
-    """J-JEPA on subjet shards (from ``jjepa-preprocess cluster``): pretrain, finetune, scan, embed."""
+    """J-JEPA on subjet shards (from ``jjepa-preprocess cluster``): pretrain, finetune, scan, embed, predict, export."""
     setup_logging(verbose)
 
 
@@ -48,52 +52,81 @@ def _yaml_section(path: str | None, section: str) -> dict:
     return value
 
 
+def field_option(config_cls, name: str, *decls: str, help: str, **kwargs):
+    """A click option for the config field ``name``, whose ``[default: …]`` is read from the dataclass.
+
+    The option's own default is None (not given), so the layers below it (the ``--config`` section,
+    then the dataclass) decide; the help text shows the dataclass's value, never a hand-typed copy.
+    """
+    field = next(f for f in dataclasses.fields(config_cls) if f.name == name)
+    default = field.default if field.default is not dataclasses.MISSING else None
+    shown = "" if default is None else f" [default: {_shown(default)}]"
+    return click.option(*(decls or (f"--{name.replace('_', '-')}",)), name, default=None, help=help + shown, **kwargs)
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _given(values: dict) -> dict:
+    """The options given on the command line (None means not given)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+_P = PretrainConfig
+
+
 @main.command()
-@click.option("--data", type=click.Path(file_okay=False, exists=True), help="Shard folder to pretrain on.")
-@click.option("--val", type=click.Path(file_okay=False, exists=True), help="Shard folder for the validation loss.")
-@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run folder (checkpoints, log, config).")
+@field_option(_P, "data", help="Shard folder to pretrain on.", type=click.Path(file_okay=False, exists=True))
+@field_option(_P, "val", help="Shard folder for the validation loss.", type=click.Path(file_okay=False, exists=True))
+@field_option(_P, "out", "--out", "-o", help="Run folder (checkpoints, log, config).", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
-              help="YAML file whose 'pretrain:' section sets defaults (e.g. params.yaml).")
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-              help="Model size; tiny trains in seconds on a CPU. [default: small]")
-@click.option("--steps", type=int, default=None, help="Optimizer steps (or --epochs).")
-@click.option("--epochs", type=float, default=None, help="Passes over --data, converted to steps.")
-@click.option("--batch-size", type=int, default=None, help="Jets per step and per process. [default: 256]")
-@click.option("--lr", type=float, default=None, help="Peak learning rate. [default: 5e-4]")
-@click.option("--mask-fraction", type=float, default=None, help="Share of real subjets that are targets. [default: 0.3]")
-@click.option("--context-sees-targets", type=bool, default=None,
-              help="false: I-JEPA style input masking (better in our benchmarks); true: the paper's (encoders see the whole jet, outputs masked). [default: false]")
-@click.option("--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when present. [default: auto]")
-@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the networks.")
-@click.option("--seed", type=int, default=None, help="Seeds init, reading order and masks. [default: 0]")
-@click.option("--stop-after", type=int, default=None,
-              help="Stop (with a checkpoint) after this step; the schedules still run to --steps.")
+              help="YAML file whose 'pretrain:' section sets defaults (e.g. params.yaml, configs/paper.yaml).")
+@field_option(_P, "preset", help="Model size; tiny trains in seconds on a CPU.", type=click.Choice(list(PRESETS)))
+@field_option(_P, "steps", help="Optimizer steps (or --epochs).", type=int)
+@field_option(_P, "epochs", help="Passes over --data, converted to steps.", type=float)
+@field_option(_P, "batch_size", help="Jets per step and per process.", type=int)
+@field_option(_P, "lr", help="Peak learning rate.", type=float)
+@field_option(_P, "mask_fraction", help="Share of real subjets that are targets.", type=float)
+@field_option(_P, "context_sees_targets", type=bool,
+              help="false: I-JEPA style input masking; true: the paper's (encoders see the whole jet, outputs masked).")
+@field_option(_P, "device", help="auto: CUDA when present.", type=click.Choice(DEVICES))
+@field_option(_P, "precision", type=click.Choice(PRECISIONS),
+              help="Autocast precision; fp16 uses a gradient scaler; auto: bf16 on CUDA, fp32 on the CPU.")
+@field_option(_P, "compile", "--compile/--no-compile", help="torch.compile the networks.")
+@field_option(_P, "seed", help="Seeds init, reading order and masks.", type=int)
+@field_option(_P, "stop_after", help="Stop (with a checkpoint) after this step; the schedules still run to --steps.",
+              type=int)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. --set model.depth=4 --set log_every=10 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt.")
+@field_option(_P, "verify_shards", "--verify-shards/--no-verify-shards",
+              help="Check each shard's sha256 against its manifest before training (files already verified and "
+                   "unchanged are not hashed again).")
 @click.option("--io-only", is_flag=True, help="Run the input pipeline alone and print its jets/s.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @reports_errors(interrupted="interrupted; the checkpoint is saved, continue with --resume")
-def pretrain(data, val, out, config_file, preset, steps, epochs, batch_size, lr, mask_fraction,
-             context_sees_targets, device, compile_, seed, stop_after, overrides, resume, io_only, progress) -> None:
+def pretrain(config_file, overrides, resume, io_only, progress, **fields) -> None:
     """Pretrain J-JEPA: context encoder + predictor by gradient, target encoder by EMA.
+
+    Every option sets the PretrainConfig field of its name; --set reaches every other field.
 
     \b
     jjepa-train pretrain --data data/shards/train --val data/shards/val --out runs/pretrain --preset small --steps 20000
+    jjepa-train pretrain --config configs/paper.yaml --data ... --out runs/paper
     jjepa-train pretrain ... --resume
     torchrun --nproc-per-node 8 -m jjepa.train pretrain ...
     """
     from jjepa.train.runners.pretrain import io_only as run_io_only
     from jjepa.train.runners.pretrain import pretrain as run_pretrain
 
-    cli = {"data": data, "val": val, "out": out, "preset": preset, "steps": steps, "epochs": epochs,
-           "batch_size": batch_size, "lr": lr, "mask_fraction": mask_fraction,
-           "context_sees_targets": context_sees_targets, "device": device, "compile": compile_, "seed": seed,
-           "stop_after": stop_after}
+    cli = _given(fields)
     section = _yaml_section(config_file, "pretrain")
-    if steps is not None or epochs is not None:
+    if "steps" in cli or "epochs" in cli:  # one of them on the command line replaces the YAML's choice
         section = {k: v for k, v in section.items() if k not in ("steps", "epochs")}
-    config = resolve_pretrain_config(section, {k: v for k, v in cli.items() if v is not None}, parse_pairs(overrides))
+    config = resolve_pretrain_config(section, cli, parse_pairs(overrides))
     if io_only:
         if config.data is None:
             raise JJepaError("--io-only needs --data")
@@ -104,32 +137,41 @@ def pretrain(data, val, out, config_file, preset, steps, epochs, batch_size, lr,
         click.echo(json.dumps(metrics))
 
 
+_F = FinetuneConfig
+
+
 def _finetune_options(func):
-    """Options shared by ``finetune`` and ``scan``."""
+    """Options shared by ``finetune`` and ``scan``; each sets the FinetuneConfig field of its name."""
     options = [
-        click.option("--train", "train_dir", type=click.Path(file_okay=False, exists=True),
-                     help="Labelled training shards (reduced to the label fraction)."),
-        click.option("--val", type=click.Path(file_okay=False, exists=True), help="Validation shards (early stopping)."),
-        click.option("--test", type=click.Path(file_okay=False, exists=True), help="Test shards (reported metrics)."),
-        click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
-                     help="Pretraining checkpoint (runs/…/checkpoints/last.pt)."),
+        field_option(_F, "train", help="Labelled training shards (reduced to the label fraction).",
+                     type=click.Path(file_okay=False, exists=True)),
+        field_option(_F, "val", help="Validation shards (early stopping, the val block of metrics.json).",
+                     type=click.Path(file_okay=False, exists=True)),
+        field_option(_F, "test", help="Test shards (reported metrics).", type=click.Path(file_okay=False, exists=True)),
+        field_option(_F, "checkpoint", help="Pretraining checkpoint (runs/…/checkpoints/last.pt).",
+                     type=click.Path(dir_okay=False, exists=True)),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
-                     help="YAML file whose 'finetune:' section sets defaults (e.g. params.yaml)."),
-        click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-                     help="Architecture for the scratch mode without --checkpoint."),
-        click.option("--aggregation", type=click.Choice(AGGREGATIONS), default=None,
-                     help="Subjets → jet: flatten (paper) or cls_attn. [default: flatten]"),
-        click.option("--encoder", type=click.Choice(ENCODERS), default=None,
-                     help="Pretrained encoder to start from. [default: target]"),
-        click.option("--epochs", type=float, default=None, help="Passes over the labelled jets. [default: 20]"),
-        click.option("--batch-size", type=int, default=None, help="Jets per step. [default: 256]"),
-        click.option("--lr", type=float, default=None, help="Peak learning rate of the head. [default: 1e-3]"),
-        click.option("--encoder-lr-scale", type=float, default=None,
-                     help="Encoder learning rate relative to the head's (finetune mode). [default: 0.1]"),
-        click.option("--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA when present."),
+                     help="YAML file whose 'finetune:' section sets defaults (e.g. params.yaml, configs/paper.yaml)."),
+        field_option(_F, "preset", help="Architecture for the scratch mode without --checkpoint.",
+                     type=click.Choice(list(PRESETS))),
+        field_option(_F, "aggregation", help="Subjets → jet: flatten (paper) or cls_attn.",
+                     type=click.Choice(AGGREGATIONS)),
+        field_option(_F, "encoder", help="Pretrained encoder to start from.", type=click.Choice(ENCODERS)),
+        field_option(_F, "epochs", help="Passes over the labelled jets.", type=float),
+        field_option(_F, "batch_size", help="Jets per step.", type=int),
+        field_option(_F, "lr", help="Peak learning rate of the head.", type=float),
+        field_option(_F, "encoder_lr_scale", help="Encoder learning rate relative to the head's (finetune mode).",
+                     type=float),
+        field_option(_F, "device", help="auto: CUDA when present.", type=click.Choice(DEVICES)),
+        field_option(_F, "precision", type=click.Choice(PRECISIONS),
+                     help="Autocast precision (fp16: gradient scaler); metrics from fp32 logits. "
+                          "auto: bf16 on CUDA, fp32 on the CPU."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Any finetune config field, e.g. --set patience=3 (repeatable)."),
         click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+        field_option(_F, "verify_shards", "--verify-shards/--no-verify-shards",
+                     help="Check each shard's sha256 against its manifest before training (files already verified "
+                          "and unchanged are not hashed again)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -137,19 +179,18 @@ def _finetune_options(func):
 
 
 def _finetune_layers(config_file, overrides, **cli) -> list[dict]:
-    names = {"train_dir": "train"}
-    values = {names.get(k, k): v for k, v in cli.items() if v is not None}
-    return [_yaml_section(config_file, "finetune"), values, parse_pairs(overrides)]
+    return [_yaml_section(config_file, "finetune"), _given(cli), parse_pairs(overrides)]
 
 
 @main.command()
 @_finetune_options
-@click.option("--out", "-o", type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="finetune (all weights), freeze (linear probe) or scratch (random init). [default: finetune]")
-@click.option("--label-fraction", type=float, default=None, help="Share of the training jets used (stratified).")
-@click.option("--n-labels", type=int, default=None, help="Number of training jets used (stratified).")
-@click.option("--seed", type=int, default=None, help="Seeds the label subset, the head and the order. [default: 0]")
+@field_option(_F, "out", "--out", "-o", help="Run folder.", type=click.Path(file_okay=False))
+@field_option(_F, "mode", type=click.Choice(MODES),
+              help="finetune (all weights), freeze (linear probe), scratch (random init) or part (the Particle "
+                   "Transformer from weaver-core, from scratch: the supervised reference; size with --set part.*).")
+@field_option(_F, "label_fraction", help="Share of the training jets used (stratified).", type=float)
+@field_option(_F, "n_labels", help="Number of training jets used (stratified).", type=int)
+@field_option(_F, "seed", help="Seeds the label subset, the head and the order.", type=int)
 @reports_errors
 def finetune(config_file, overrides, progress, out, **cli) -> None:
     """Finetune a tagger on the pretrained encoder; report test-set metrics of the best-validation model.
@@ -176,7 +217,8 @@ def _list(value: str, kind):
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Scan folder (one subfolder per cell).")
 @click.option("--fractions", default="0.001,0.01,0.1,1", help="Label fractions, comma-separated.")
 @click.option("--modes", default="finetune,freeze,scratch",
-              help="Modes, comma-separated: finetune (all weights), freeze (linear probe), scratch (random init).")
+              help="Modes, comma-separated: finetune (all weights), freeze (linear probe), scratch (random init), "
+                   "part (Particle Transformer from scratch).")
 @click.option("--seeds", default="0,1,2", help="Seeds, comma-separated.")
 @reports_errors(interrupted="interrupted; finished cells are kept, rerun the same command to go on")
 def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) -> None:
@@ -192,7 +234,9 @@ def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) 
     bad = sorted(set(mode_list) - set(MODES))
     if bad:
         raise click.BadParameter(f"unknown modes {bad}; choose from {list(MODES)}", param_hint="--modes")
-    base_mode = "scratch" if mode_list == ["scratch"] else "finetune"
+    # The shared config is checked as the most demanding mode of the scan: a checkpoint for finetune/freeze,
+    # a preset or checkpoint for scratch; part needs neither.
+    base_mode = next((m for m in ("finetune", "freeze", "scratch") if m in mode_list), "part")
     config = resolve_finetune_config(*_finetune_layers(config_file, overrides, out=out, mode=base_mode, **cli))
     rows = run_scan(config, _list(fractions, float), mode_list, _list(seeds, int), out, progress=progress)
     click.echo(f"{len(rows)} cells; summary in {Path(out) / 'summary.md'}")
@@ -217,15 +261,68 @@ def embed(data, checkpoint, out, encoder, batch_size, device, progress) -> None:
 
 
 @main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Finetuned tagger: runs/<finetune>/checkpoints/best.pt.")
+@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Shard folder to score (same S, N and clustering as the tagger's training shards).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Output file; the suffix picks the format: .h5, .parquet or .root (TTree 'jets').")
+@click.option("--batch-size", type=int, default=1024, help="Jets per forward pass.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@reports_errors
+def predict(checkpoint, data, out, batch_size, device, progress) -> None:
+    """Score every jet of --data with a finetuned tagger: one row per jet with score_<class>, label (-1 unknown),
+    jet_pt, jet_eta, jet_phi, jet_mass, jet_nconstituents, jet_nsubjets, shard, row.
+
+    \b
+    jjepa-train predict --checkpoint runs/ft/checkpoints/best.pt --data shards/mine --out scores.parquet
+    """
+    from jjepa.train.runners.predict import predict as run_predict
+
+    summary = run_predict(checkpoint, data, out, batch_size=batch_size, device=device, progress=progress)
+    click.echo(f"{summary['n_jets']} jets scored into {out} (classes {', '.join(summary['classes'])})")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Finetuned tagger: runs/<finetune>/checkpoints/best.pt.")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="ONNX file to write (*.onnx); the description goes beside it as *.json.")
+@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Shard folder whose first jets check ONNX Runtime against PyTorch [default: synthetic jets].")
+@click.option("--check-jets", type=click.IntRange(min=1), default=256, help="Jets in the check batch.")
+@reports_errors
+def export(checkpoint, out, data, check_jets) -> None:
+    """Export a finetuned tagger as ONNX (dynamic batch) taking the shard arrays particles, particle_mask,
+    subjets, subjet_mask, with the input transform inside the graph; plus a JSON description.
+
+    \b
+    jjepa-train export --checkpoint runs/ft/checkpoints/best.pt --out tagger.onnx --data shards/test
+    """
+    from jjepa.train.runners.export import export as run_export
+
+    description = run_export(checkpoint, out, data=data, n_check=check_jets)
+    click.echo(f"{out}: classes {', '.join(description['classes'])}; ONNX Runtime vs PyTorch max |diff| "
+               f"{description['check']['max_abs_diff']:.2g} on {description['check']['n_jets']} jets")
+
+
+@main.command()
 @click.argument("scans", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@click.option("--resamples", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Bootstrap resamples of the paired comparisons.")
 @reports_errors
-def evaluate(scans, out) -> None:
-    """Compare the modes of finished scans: metrics.json, comparison.md, ROC overlay, rejection vs labels.
+def evaluate(scans, out, resamples) -> None:
+    """Compare the modes of finished scans: table with intervals, paired differences, ROC overlay, rejection vs labels.
+
+    Writes metrics.json, comparison.md, paired.csv (every mode against scratch, and against part when
+    present: AUC difference and rejection ratio with 68 %/95 % intervals), label_efficiency.csv,
+    roc.png and rejection_vs_labels.png.
 
     \b
     jjepa-train evaluate runs/scan-finetune runs/scan-freeze runs/scan-scratch --out reports/evaluate
     """
     from jjepa.train.runners.evaluate import evaluate as run_evaluate
 
-    click.echo(json.dumps(run_evaluate(list(scans), out)))
+    click.echo(json.dumps(run_evaluate(list(scans), out, n_resamples=resamples)))

@@ -22,6 +22,9 @@ from jjepa.train.data.transform import InputTransform
 
 EMBEDDINGS: tuple[str, ...] = ("mlp", "attention")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Autocast precisions; ``auto`` is bf16 on CUDA and fp32 on the CPU (``mechanics.distributed.resolve_precision``).
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+TARGET_SELECTIONS: tuple[str, ...] = ("random", "hardest")
 
 
 class ConfigError(JJepaError):
@@ -46,6 +49,12 @@ class ModelConfig:
         predictor_depth: transformer blocks of the predictor (shallower than ``depth``).
         predictor_heads: attention heads of the predictor; must divide ``predictor_dim``.
         predictor_fourvec: also embed each target subjet's four-vector (pT, Δη, sin(Δφ/2), E) in its query.
+        encoder_positions: add an embedding (a small MLP) of each subjet's position relative to the jet
+            axis (scaled Δη, sin(Δφ/2)) to every token of the encoder, hence of both the context and the
+            target encoder (the target is the context encoder's EMA copy). The paper's code adds a
+            sin/cos encoding of the subjet's absolute (η + 3, sin(φ/2)) in both encoders; absolute η is
+            not boost-invariant along the beam, so jjepa uses the jet-relative position. Default false
+            (positions reach the predictor only), which is what older checkpoints were trained with.
         n_subjets: S, subjet slots per jet; taken from the data's manifest.
         n_particles: N, constituent slots per subjet; taken from the data's manifest.
     """
@@ -62,6 +71,7 @@ class ModelConfig:
     predictor_depth: int
     predictor_heads: int
     predictor_fourvec: bool = False
+    encoder_positions: bool = False
     n_subjets: int | None = None
     n_particles: int | None = None
 
@@ -93,6 +103,14 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+#: Pretraining fields that may differ from the checkpoint's on ``--resume``: where and how the run
+#: is executed, logged and validated, never what it trains. Every other field must match.
+RESUMABLE_CHANGES: frozenset[str] = frozenset({
+    "out", "val", "stop_after", "prefetch", "log_every", "val_every", "val_batches", "checkpoint_every",
+    "collapse_std", "collapse_rank", "device", "precision", "compile", "verify_shards", "preset",
+})
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything one pretraining run needs; the resolved instance is saved with the run.
@@ -121,6 +139,12 @@ class PretrainConfig:
             subjets only. True: the paper's masking, both encoders see the whole jet and the outputs
             are masked afterwards; in our label-efficiency benchmark it pretrained no useful
             representation (docs/performance.md), so it is kept for reproducing the paper only.
+        target_selection: ``random`` (default): targets drawn uniformly among all real subjets.
+            ``hardest`` (the paper's): targets drawn among the ``target_pool`` hardest (highest-pT)
+            real subjets; the context is every other real subjet, soft ones included.
+        target_pool: the subjets that ``hardest`` draws targets from (the paper: 10).
+        min_subjets: jets with fewer real subjets are left out of the training and validation sets
+            at load time (no re-clustering); 0 keeps every jet (default). The paper uses 10.
         block_size: jets per contiguous block of the shuffled reading order.
         prefetch: batches the background thread keeps ready.
         log_every: steps between rows of ``train_log.csv``.
@@ -131,7 +155,11 @@ class PretrainConfig:
         collapse_rank: warn when its effective rank falls below this.
         seed: seeds the initialisation, the reading order and the masks.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        precision: autocast precision of the forward passes: ``bf16``, ``fp16`` (with a gradient
+            scaler, for GPUs without bf16) or ``fp32``; ``auto``: bf16 on CUDA, fp32 on the CPU.
         compile: wrap the encoders and the predictor in ``torch.compile``.
+        verify_shards: check every shard's sha256 against the manifest before training (remembered per
+            file path, size and mtime, so only new or changed files are hashed; ``--no-verify-shards``).
     """
 
     data: str | None = None
@@ -153,6 +181,9 @@ class PretrainConfig:
     ema_end: float = 1.0
     mask_fraction: float = 0.3
     context_sees_targets: bool = False
+    target_selection: str = "random"
+    target_pool: int = 10
+    min_subjets: int = 0
     block_size: int = 64
     prefetch: int = 4
     log_every: int = 50
@@ -163,19 +194,30 @@ class PretrainConfig:
     collapse_rank: float = 2.0
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     compile: bool = False
+    verify_shards: bool = True
 
     def __post_init__(self):
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError("set exactly one of steps and epochs")
         positive = ("batch_size", "block_size", "prefetch", "log_every", "checkpoint_every")
         for name in positive + (("steps",) if self.steps is not None else ("epochs",)):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        _check_learning_rate(self.lr, self.final_lr)
         if not 0 < self.mask_fraction < 1:
             raise ConfigError(f"mask_fraction must be in (0, 1), not {self.mask_fraction}")
+        if self.target_selection not in TARGET_SELECTIONS:
+            raise ConfigError(f"target_selection must be one of {TARGET_SELECTIONS}, not {self.target_selection!r}")
+        if self.target_pool < 1:
+            raise ConfigError(f"target_pool must be positive, not {self.target_pool}")
+        if self.min_subjets < 0:
+            raise ConfigError(f"min_subjets must be 0 (keep every jet) or positive, not {self.min_subjets}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"warmup_fraction must be in [0, 1), not {self.warmup_fraction}")
         if not 0 <= self.ema_start <= self.ema_end <= 1:
@@ -184,6 +226,14 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         """The config as plain YAML/JSON-able values (nested sections as mappings)."""
         return dataclasses.asdict(self)
+
+
+def _check_learning_rate(lr: float, final_lr: float) -> None:
+    """A peak learning rate must be positive and finite, a final one finite and not negative."""
+    if not 0 < lr < float("inf"):
+        raise ConfigError(f"lr must be positive and finite, not {lr} (e.g. --lr 5e-4)")
+    if not 0 <= final_lr < float("inf"):
+        raise ConfigError(f"final_lr must be finite and not negative, not {final_lr}")
 
 
 def _type_of(cls, name: str):
@@ -273,8 +323,9 @@ def _resolve(cls, layers: tuple[dict, ...]):
                 merged[key] = value
     model = merged.pop("model", {}) or {}
     transform = merged.pop("transform", {}) or {}
-    if not isinstance(model, dict) or not isinstance(transform, dict):
-        raise ConfigError("model and transform are sections: give them as mappings or dotted keys")
+    part = (merged.pop("part", {}) or {}) if any(f.name == "part" for f in fields(cls)) else {}
+    if not isinstance(model, dict) or not isinstance(transform, dict) or not isinstance(part, dict):
+        raise ConfigError("model, transform and part are sections: give them as mappings or dotted keys")
     default_preset = next(f.default for f in fields(cls) if f.name == "preset")
     preset = merged.get("preset", default_preset)
     if preset is not None and str(preset) not in PRESETS:
@@ -288,6 +339,8 @@ def _resolve(cls, layers: tuple[dict, ...]):
         raise ConfigError(f"unknown key(s) {unknown}; valid keys: {top_fields}")
     try:
         sections = {"transform": _build(InputTransform, InputTransform(), transform, "transform.")}
+        if any(f.name == "part" for f in fields(cls)):
+            sections["part"] = _build(PartConfig, PartConfig(), part, "part.")
         if preset is not None:
             sections["model"] = _build(ModelConfig, PRESETS[str(preset)], model, "model.")
         values = {k: _coerce(v, _type_of(cls, k), k) for k, v in merged.items()}
@@ -304,7 +357,44 @@ def config_from_dict(obj: dict) -> PretrainConfig:
     return PretrainConfig(**obj, model=model, transform=transform)
 
 
-MODES: tuple[str, ...] = ("finetune", "freeze", "scratch")
+@dataclass(frozen=True)
+class PartConfig:
+    """Size of the Particle Transformer of the ``part`` mode (weaver-core's ``ParticleTransformer``).
+
+    The defaults are the ParT paper's Top Tagging / JetClass model (2.1 M parameters): particle embedding
+    MLP widths [embed_dim, 4·embed_dim, embed_dim] = [128, 512, 128], pair embedding widths
+    [pair_embed_dim]·3 = [64, 64, 64], 8 heads, 8 particle-attention and 2 class-attention blocks. On a
+    CPU use a smaller one, e.g. ``--set part.embed_dim=32 --set part.pair_embed_dim=16
+    --set part.num_heads=4 --set part.num_layers=2 --set part.num_cls_layers=1``.
+
+    Attributes:
+        embed_dim: token width D; the particle embedding MLP is [D, 4·D, D].
+        pair_embed_dim: width of the three pair-embedding layers (then one per head).
+        num_heads: attention heads; must divide ``embed_dim``.
+        num_layers: particle-attention blocks.
+        num_cls_layers: class-attention blocks.
+        max_particles: constituents per jet in the sequence (the hardest, pT-ordered); the paper's 128.
+            None: every slot of the shards, S·N.
+    """
+
+    embed_dim: int = 128
+    pair_embed_dim: int = 64
+    num_heads: int = 8
+    num_layers: int = 8
+    num_cls_layers: int = 2
+    max_particles: int | None = 128
+
+    def __post_init__(self):
+        for name in ("embed_dim", "pair_embed_dim", "num_heads", "num_layers", "num_cls_layers"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"part.{name} must be positive, not {getattr(self, name)}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"part.num_heads ({self.num_heads}) must divide part.embed_dim ({self.embed_dim})")
+        if self.max_particles is not None and self.max_particles < 1:
+            raise ConfigError(f"part.max_particles must be positive or none, not {self.max_particles}")
+
+
+MODES: tuple[str, ...] = ("finetune", "freeze", "scratch", "part")
 AGGREGATIONS: tuple[str, ...] = ("flatten", "cls_attn")
 ENCODERS: tuple[str, ...] = ("target", "context")
 
@@ -319,14 +409,20 @@ class FinetuneConfig:
             ``checkpoints/best.pt``.
         checkpoint: a pretraining checkpoint; its stored model config and input transform are used.
         mode: ``finetune`` (all weights train), ``freeze`` (linear probe: the encoder is fixed and in
-            eval mode) or ``scratch`` (same architecture, random initialisation, nothing loaded).
+            eval mode), ``scratch`` (same architecture, random initialisation, nothing loaded) or
+            ``part`` (the Particle Transformer of weaver-core, from scratch on the same jets and labels:
+            the supervised reference; sized by ``part``, any checkpoint ignored).
         preset: for ``scratch``, the architecture (else the checkpoint's); not allowed with weights.
         model: the preset's hyperparameters with overrides (``model.depth=…``), when ``preset`` is set.
         transform: input transform; the checkpoint's is used when one is given.
+        part: the Particle Transformer's size (``part`` mode only; ``part.embed_dim=…``).
         encoder: which pretrained encoder to start from, ``target`` (the EMA, default) or ``context``.
         aggregation: subjet representations → jet: ``flatten`` (the paper's) or ``cls_attn`` (two
             class-attention blocks).
         label_fraction: share of the training jets used, class-stratified and seeded.
+        min_subjets: jets with fewer real subjets are left out of the training, validation and test
+            sets at load time, before the label subset is drawn; 0 keeps every jet (default). The
+            paper evaluates on jets with at least 10 subjets.
         n_labels: number of training jets used instead (stratified); at most one of the two.
         epochs: passes over the (reduced) training set; at least ``min_steps`` steps are taken.
         min_steps: lower bound on the steps, so tiny label sets still train.
@@ -336,13 +432,21 @@ class FinetuneConfig:
         final_lr: learning rate at the last step (cosine).
         warmup_fraction: linear warmup share of the steps.
         weight_decay: AdamW weight decay (not on biases, norms, tokens).
-        eval_every: steps between validations (None: once per epoch, at least every 25 steps).
-        patience: stop after this many validations without a better validation loss.
+        clip_grad: gradient-norm clipping threshold; 0 disables it (as in pretraining).
+        eval_every: steps between validations (None: once per epoch, or more often so that a run has
+            about 40 validations: with few labels an epoch is a step or two).
+        patience: stop after this many validations without a better validation loss (not before
+            ``min_steps``).
+        bootstrap_resamples: class-stratified bootstrap resamples of the test and validation jets behind
+            the 68 % intervals in ``metrics.json`` (seeded identically for every run, so runs are paired).
         val_batches: batches per validation (None: the whole validation set).
         block_size: jets per contiguous block of the shuffled order.
         prefetch: batches the loader thread keeps ready.
         seed: seeds the label subset, the head's initialisation and the reading order.
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``bf16``, ``fp16`` (gradient scaler) or
+            ``fp32``; evaluation metrics are always computed from fp32 logits.
+        verify_shards: check every shard's sha256 against its manifest first (see ``PretrainConfig``).
     """
 
     train: str | None = None
@@ -354,10 +458,12 @@ class FinetuneConfig:
     preset: str | None = None
     model: ModelConfig | None = None
     transform: InputTransform = field(default_factory=InputTransform)
+    part: PartConfig = field(default_factory=PartConfig)
     encoder: str = "target"
     aggregation: str = "flatten"
     label_fraction: float | None = None
     n_labels: int | None = None
+    min_subjets: int = 0
     epochs: float = 20.0
     min_steps: int = 100
     batch_size: int = 256
@@ -366,29 +472,40 @@ class FinetuneConfig:
     final_lr: float = 1e-6
     warmup_fraction: float = 0.05
     weight_decay: float = 0.01
+    clip_grad: float = 1.0
     eval_every: int | None = None
     patience: int = 5
+    bootstrap_resamples: int = 1000
     val_batches: int | None = None
     block_size: int = 64
     prefetch: int = 4
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
+    verify_shards: bool = True
 
     def __post_init__(self):
+        _check_learning_rate(self.lr, self.final_lr)
         for name, value, allowed in (("mode", self.mode, MODES), ("aggregation", self.aggregation, AGGREGATIONS),
-                                     ("encoder", self.encoder, ENCODERS), ("device", self.device, DEVICES)):
+                                     ("encoder", self.encoder, ENCODERS), ("device", self.device, DEVICES),
+                                     ("precision", self.precision, PRECISIONS)):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, not {value!r}")
         if self.label_fraction is not None and self.n_labels is not None:
             raise ConfigError("set at most one of label_fraction and n_labels")
         if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
             raise ConfigError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
+        if self.min_subjets < 0:
+            raise ConfigError(f"min_subjets must be 0 (keep every jet) or positive, not {self.min_subjets}")
         if self.n_labels is not None and self.n_labels < 1:
             raise ConfigError(f"n_labels must be positive, not {self.n_labels}")
-        for name in ("epochs", "batch_size", "block_size", "prefetch", "patience"):
+        for name in ("epochs", "batch_size", "block_size", "prefetch", "patience", "bootstrap_resamples"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.mode != "scratch" and self.checkpoint is None:
+        if self.mode == "part" and self.preset is not None:
+            raise ConfigError("mode part is sized by part.* (e.g. --set part.num_layers=2), not a preset; "
+                              "drop --preset")
+        if self.mode not in ("scratch", "part") and self.checkpoint is None:
             raise ConfigError(f"mode {self.mode} needs --checkpoint (a pretraining checkpoint); "
                               "use --mode scratch --preset NAME to train without one")
         if self.mode == "scratch" and self.checkpoint is None and self.preset is None:

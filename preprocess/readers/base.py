@@ -30,6 +30,9 @@ class JetChunk:
         labels: int64 (J,), class index, −1 when unlabeled.
         path: the input file.
         start, stop: the entry range in that file (``stop - start == J``).
+        problems: object (J,) or None: what a reader found wrong with a jet in values the four-momenta
+            cannot show (a negative pT or an unknown PDG id before conversion), '' where nothing;
+            ``validate.check_chunk`` applies ``--on-bad-jet`` to these as to every other bad jet.
     """
 
     px: np.ndarray
@@ -41,6 +44,7 @@ class JetChunk:
     path: str
     start: int
     stop: int
+    problems: np.ndarray | None = None
 
     @property
     def n_jets(self) -> int:
@@ -81,6 +85,46 @@ class GenericOptions:
     classes: tuple[str, ...] = field(default_factory=tuple)
     #: HDF5 only: a 1-D dataset of constituents per jet, for flat (not padded) constituent datasets.
     counts: str | None = None
+
+
+def real_slots(*blocks: np.ndarray) -> np.ndarray:
+    """bool (J, M): which slots of zero-padded (J, M) constituent arrays hold a constituent.
+
+    The one padding rule of every reader: a slot is padding iff *all* its stored values are exactly
+    zero. Anything else -- including NaN, inf, a negative or zero energy next to a non-zero momentum --
+    is a constituent, so that ``validate.check_chunk`` sees it and applies ``--on-bad-jet`` instead of
+    the value silently vanishing as padding (which changes the jet). ``NaN != 0`` is true, so a NaN
+    anywhere makes the slot real.
+    """
+    real = blocks[0] != 0
+    for block in blocks[1:]:
+        real |= block != 0
+    return real
+
+
+def flag_jets(problems: np.ndarray | None, n_jets: int, jets: np.ndarray, reason: str) -> np.ndarray:
+    """Record ``reason`` for the jets at ``jets`` (indices into the chunk) that have no reason yet.
+
+    Args:
+        problems: object (J,) of reasons ('' where none), or None to start one.
+        n_jets: J.
+        jets: int (K,) chunk rows of the flagged jets (repeats allowed).
+        reason: one sentence, worded like ``validate.REASONS``.
+
+    Returns:
+        The (new or updated) object (J,) array.
+    """
+    if problems is None:
+        problems = np.full(n_jets, "", dtype=object)
+    jets = np.asarray(jets, dtype=np.int64)
+    free = jets[problems[jets] == ""]
+    problems[free] = reason
+    return problems
+
+
+def jets_of(offsets: np.ndarray, flat_index: np.ndarray) -> np.ndarray:
+    """int64 (K,) the jet (chunk row) owning each flat constituent index in ``flat_index``."""
+    return np.searchsorted(offsets, flat_index, side="right") - 1
 
 
 def offsets_from_counts(counts: np.ndarray) -> np.ndarray:

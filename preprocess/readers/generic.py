@@ -8,10 +8,14 @@ Supported layouts:
 
 - ROOT: a TTree (``options.tree``, or the only TTree in the file), one jet per entry, jagged
   branches (``std::vector<float>`` or ``float[]`` with a counter); fixed-size array branches
-  (``float[M]``) are taken as zero-padded, a slot being real iff its energy is > 0.
-- HDF5, padded: 2-D datasets ``(jets, M)``, zero-padded, a slot being real iff its energy is > 0.
+  (``float[M]``) are taken as zero-padded.
+- HDF5, padded: 2-D datasets ``(jets, M)``, zero-padded.
 - HDF5, flat: 1-D datasets ``(constituents,)`` jet after jet, plus a 1-D ``options.counts``
   dataset ``(jets,)`` of constituents per jet.
+
+In the padded layouts a slot is padding iff all four of its values are zero (``base.real_slots``,
+the rule of every reader); a NaN or a negative energy is a constituent that ``--on-bad-jet`` judges.
+With (pT, η, φ, E) a negative pT is flagged before conversion (it would flip the direction).
 
 The label is optional: without it jets are unlabeled (−1), the normal case when pretraining on
 collision data. With it, ``options.classes`` names the classes; the label is an integer per jet
@@ -35,8 +39,11 @@ from jjepa.preprocess.readers.base import (
     check_range,
     check_root_complete,
     container_kind,
+    flag_jets,
+    jets_of,
     labels_from_onehot,
     offsets_from_counts,
+    real_slots,
 )
 
 with contextlib.suppress(ImportError):  # registers Blosc, LZ4, Zstd… so h5py reads compressed datasets
@@ -69,7 +76,8 @@ def _to_cartesian(polar: bool, a: np.ndarray, b: np.ndarray, c: np.ndarray):
     """(px, py, pz) [GeV] from (px, py, pz), or from (pT [GeV], η, φ [rad]) when ``polar``."""
     if not polar:
         return a, b, c
-    return a * np.cos(c), a * np.sin(c), a * np.sinh(b)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN inputs give NaN, which check_chunk reports
+        return a * np.cos(c), a * np.sin(c), a * np.sinh(b)
 
 
 def _labels(raw: np.ndarray, path: str, start: int, options: GenericOptions) -> np.ndarray:
@@ -92,8 +100,8 @@ def _labels(raw: np.ndarray, path: str, start: int, options: GenericOptions) -> 
 
 
 def _padded(blocks: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Counts (J,) and flat float64 (P,) arrays from zero-padded (J, M) arrays; real iff energy > 0."""
-    real = blocks[3] > 0
+    """Counts (J,) and flat float64 (P,) arrays from zero-padded (J, M) arrays (padding: all four zero)."""
+    real = real_slots(*blocks)
     return real.sum(axis=1).astype(np.int64), [np.asarray(b[real], dtype=np.float64) for b in blocks]
 
 
@@ -269,10 +277,15 @@ def read(path: str, start: int, stop: int, options: GenericOptions) -> JetChunk:
     _check_label_options(options, path)
     reader = _root_read if _container(path) == "root" else _h5_read
     counts, (a, b, c, energy), raw_labels = reader(path, start, stop, options, names)
+    offsets = offsets_from_counts(counts)
+    problems = None
+    if polar and np.any(a < 0):  # pT cos φ of a negative pT points the other way: never convert it
+        problems = flag_jets(None, len(counts), jets_of(offsets, np.flatnonzero(a < 0)),
+                             f"a constituent has negative pT ({names[0]!r})")
     px, py, pz = _to_cartesian(polar, a, b, c)
     if raw_labels is None:
         labels = np.full(stop - start, -1, dtype=np.int64)
     else:
         labels = _labels(np.asarray(raw_labels), path, start, options)
-    return JetChunk(px=px, py=py, pz=pz, energy=energy, offsets=offsets_from_counts(counts), labels=labels,
-                    path=path, start=start, stop=stop)
+    return JetChunk(px=px, py=py, pz=pz, energy=energy, offsets=offsets, labels=labels,
+                    path=path, start=start, stop=stop, problems=problems)

@@ -3,7 +3,8 @@
 Layout (EnergyFlow's ``energyflow/datasets/qg_jets.py``):
 
 - ``X``: float64 (N, M, 4), per particle (pT [GeV], rapidity y, φ [rad], PDG id), zero-padded to the
-  file's largest multiplicity M; a slot is real iff pT > 0 (as EnergyFlow's own loader decides).
+  file's largest multiplicity M; a slot is padding iff all four values are zero (``base.real_slots``,
+  the rule of every reader), so a NaN or negative pT is a particle that ``--on-bad-jet`` judges.
   φ is not wrapped to a fixed range: the particles of a jet lie within π of the jet's φ.
 - ``y``: (N,), 1 = quark, 0 = gluon; the class index here is ``y`` itself (``QG_CLASSES``).
 
@@ -32,7 +33,9 @@ from jjepa.preprocess.readers.base import (
     JetChunk,
     SourceInfo,
     check_range,
+    flag_jets,
     offsets_from_counts,
+    real_slots,
     require_file,
 )
 
@@ -130,6 +133,22 @@ def _refuse(path: str, start: int, bad: np.ndarray, problem: Callable[[int], str
         raise InputError(path, problem(first) + more, entry=start + first)
 
 
+def _flag(problems, x: np.ndarray, real: np.ndarray, bad: np.ndarray, reason: str,
+          detail: Callable[[int, int], str]) -> np.ndarray | None:
+    """Flag the jets with a real particle marked in ``bad`` (bool (J, M)) for ``validate.check_chunk``.
+
+    The first such jet gets ``detail(row, slot)`` (the particle and its values), the others ``reason``:
+    one formatted string per call, not per jet. Jets flagged before keep their first reason.
+    """
+    bad = bad & real
+    rows = np.flatnonzero(bad.any(axis=1))
+    if not len(rows):
+        return problems
+    first = int(rows[0])
+    problems = flag_jets(problems, len(x), rows[1:], reason)
+    return flag_jets(problems, len(x), rows[:1], detail(first, int(np.argmax(bad[first]))))
+
+
 def masses(pdgid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Particle masses by |PDG id| from ``PARTICLE_MASSES``.
 
@@ -163,14 +182,17 @@ def read(path: str, start: int, stop: int, options=None) -> JetChunk:
         options: ignored (the layout is fixed).
 
     Returns:
-        A ``JetChunk`` with float64 (px, py, pz, E) [GeV] of the real (pT > 0) particles in file
+        A ``JetChunk`` with float64 (px, py, pz, E) [GeV] of the real (not all-zero) particles in file
         order, and labels ``y`` (0 = gluon, 1 = quark). Memory: the rows read (M × 32 bytes per
         jet for float64 ``X``) plus the result.
 
+    Jets with a non-finite value, a negative pT or an unknown PDG id are flagged in
+    ``JetChunk.problems`` (their four-momenta are meaningless), for ``validate.check_chunk`` to stop
+    on or skip as ``--on-bad-jet`` says.
+
     Raises:
         InputError: not a zip, ``X`` or ``y`` missing or of the wrong shape, an entry range outside
-            the file, or a jet with a non-finite value, a negative pT, an unknown PDG id or a label
-            other than 0/1 (naming the entry).
+            the file, or a label other than 0/1 (naming the entry).
     """
     path = str(path)
     require_file(path)
@@ -179,31 +201,25 @@ def read(path: str, start: int, stop: int, options=None) -> JetChunk:
         check_range(path, start, stop, x_member.shape[0])
         x = _rows(archive, path, x_member, start, stop)
         y = _rows(archive, path, y_member, start, stop)
-    finite = np.isfinite(x).all(axis=2)  # NaN pT would otherwise pass for padding
-    _refuse(path, start, ~finite.all(axis=1), lambda row: f"particle {int(np.argmin(finite[row]))} has a "
-            f"non-finite value (pT, y, phi, PDG id) = {x[row, np.argmin(finite[row])].tolist()}")
-    pt = x[:, :, 0]
-    _refuse(path, start, (pt < 0).any(axis=1),
-            lambda row: f"particle {int(np.argmax(pt[row] < 0))} has negative pT {pt[row].min():g} GeV")
     _refuse(path, start, ~np.isin(y, (0, 1)),
             lambda row: f"label y is {y[row]}, expected 0 (gluon) or 1 (quark)")
-    real = pt > 0
+    real = real_slots(*(x[:, :, i] for i in range(4)))
     offsets = offsets_from_counts(real.sum(axis=1))
     particles = x[real]  # (P, 4): jet by jet, each jet's particles in file order
     mass, known = masses(particles[:, 3])
-    if not known.all():
-        unknown_jets = np.zeros(len(x), dtype=bool)
-        unknown_jets[np.searchsorted(offsets, np.flatnonzero(~known), side="right") - 1] = True
-
-        def unknown(row: int) -> str:
-            k = int(np.argmin(known[offsets[row]:offsets[row + 1]]))
-            slot, pdgid = int(np.flatnonzero(real[row])[k]), particles[offsets[row] + k, 3]
-            return (f"particle {slot} has PDG id {pdgid:g}, which has no known mass "
-                    f"(known |ids|: {sorted(PARTICLE_MASSES)})")
-
-        _refuse(path, start, unknown_jets, unknown)
+    problems = _flag(None, x, real, ~np.isfinite(x).all(axis=2), "a particle has a non-finite value",
+                     lambda row, slot: f"particle {slot} has a non-finite value (pT, y, phi, PDG id) = "
+                                       f"{x[row, slot].tolist()}")
+    problems = _flag(problems, x, real, x[:, :, 0] < 0, "a particle has negative pT",
+                     lambda row, slot: f"particle {slot} has negative pT {x[row, slot, 0]:g} GeV")
+    unknown = np.zeros(real.shape, dtype=bool)
+    unknown[real] = ~known
+    problems = _flag(problems, x, real, unknown, "a particle has a PDG id with no known mass",
+                     lambda row, slot: f"particle {slot} has PDG id {x[row, slot, 3]:g}, which has no known "
+                                       f"mass (known |ids|: {sorted(PARTICLE_MASSES)})")
     pt, rapidity, phi = (np.asarray(particles[:, i], dtype=np.float64) for i in range(3))
-    mt = np.hypot(pt, mass)  # transverse mass [GeV]
-    return JetChunk(px=pt * np.cos(phi), py=pt * np.sin(phi), pz=mt * np.sinh(rapidity),
-                    energy=mt * np.cosh(rapidity), offsets=offsets, labels=y.astype(np.int64),
-                    path=path, start=start, stop=stop)
+    with np.errstate(invalid="ignore", over="ignore"):  # flagged jets' values may be inf/NaN: they are bad anyway
+        mt = np.hypot(pt, mass)  # transverse mass [GeV]
+        px, py, pz, energy = pt * np.cos(phi), pt * np.sin(phi), mt * np.sinh(rapidity), mt * np.cosh(rapidity)
+    return JetChunk(px=px, py=py, pz=pz, energy=energy, offsets=offsets, labels=y.astype(np.int64),
+                    path=path, start=start, stop=stop, problems=problems)

@@ -8,7 +8,9 @@ dataset ``/table/table`` is read in row ranges:
   ``truthE, truthPX, truthPY, truthPZ`` (not read);
 - ``values_block_1`` int64 (J, 2): ``ttv, is_signal_new`` (1 = top, 0 = QCD).
 
-Constituents are pT-ordered and zero-padded at the end; a slot is real iff E > 0.
+Constituents are pT-ordered and zero-padded at the end. A slot is padding iff all four values are
+zero (``base.real_slots``, the rule of every reader): a NaN or a negative energy is a constituent,
+which ``--on-bad-jet`` then judges, never padding that silently changes the jet.
 
 pandas records each block's column names as pickled attributes on the table node
 (``values_block_0_kind``, protocol 0). PyTables unpickles *every* such attribute as soon as it
@@ -34,6 +36,7 @@ from jjepa.preprocess.readers.base import (
     SourceInfo,
     check_range,
     offsets_from_counts,
+    real_slots,
     require_file,
 )
 
@@ -142,7 +145,7 @@ def info(path: str, options=None) -> SourceInfo:
 
 
 def read(path: str, start: int, stop: int, options=None) -> JetChunk:
-    """Read jets ``[start, stop)`` of a Top Tagging file; zero padding is dropped without a per-jet loop.
+    """Read jets ``[start, stop)`` of a Top Tagging file; all-zero padding is dropped without a per-jet loop.
 
     Args:
         path: the ``.h5`` file.
@@ -167,7 +170,7 @@ def read(path: str, start: int, stop: int, options=None) -> JetChunk:
         if rows is None:
             rows = _read_rows_pytables(path, start, stop)
     p4 = rows["values_block_0"][:, : 4 * N_CONSTITUENTS].reshape(-1, N_CONSTITUENTS, 4)  # E, PX, PY, PZ
-    real = p4[:, :, 0] > 0
+    real = real_slots(*(p4[:, :, i] for i in range(4)))
     constituents = p4[real]  # (P, 4), jet by jet, slots in file order
     labels = rows["values_block_1"][:, label_column].astype(np.int64)
     bad = np.flatnonzero((labels != 0) & (labels != 1))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import ShardError
-from jjepa.common.schema import DATASETS, ClusterConfig, ShardArrays, ShardAttrs, validate_shard
+from jjepa.common.schema import SHARD_ARRAYS, ClusterConfig, ShardArrays, ShardAttrs, validate_shard
 from jjepa.common.shards import (
     Manifest,
     open_memmaps,
@@ -40,7 +40,7 @@ def test_write_then_memmap_reads_the_same_arrays(tmp_path):
     write_shard(path, arrays, ShardAttrs(CFG, ("QCD", "top"), {"file": "x.root", "start": 0, "stop": 4}))
     assert validate_shard(path, deep=True) == []
     maps = open_memmaps(path)
-    for spec in DATASETS:
+    for spec in SHARD_ARRAYS:
         assert maps[spec.name].dtype == spec.dtype
         np.testing.assert_array_equal(maps[spec.name], getattr(arrays, spec.name))
     back = read_shard(path)
@@ -48,7 +48,7 @@ def test_write_then_memmap_reads_the_same_arrays(tmp_path):
     with h5py.File(path) as f:
         assert f.attrs["schema_version"] == 1 and list(f.attrs["classes"]) == ["QCD", "top"]
         assert f.attrs["n_subjets"] == 5 and f.attrs["algorithm"] == "ca"
-        assert all(f[s.name].chunks is None for s in DATASETS)
+        assert all(f[s.name].chunks is None for s in SHARD_ARRAYS)
 
 
 def test_validator_names_each_problem(tmp_path):

@@ -20,21 +20,12 @@ from jjepa.preprocess.driver import ClusterRun, run_cluster
 from jjepa.preprocess.features import build_features
 from jjepa.preprocess.rawformats import write_jetclass_root
 from jjepa.preprocess.readers.base import JetChunk
+from jjepa.preprocess.testing import toy_chunk as make_toy_chunk
 
 
 def toy_chunk(n_jets: int, seed: int = 0) -> JetChunk:
-    """Jets of 5–60 massless constituents around a random axis, labels cycling over 0 and 8 (QCD, Tbqq)."""
-    rng = np.random.default_rng(seed)
-    counts = rng.integers(5, 60, n_jets)
-    n = counts.sum()
-    pt = rng.exponential(15.0, n) + 0.5
-    eta = rng.normal(0, 0.3, n) + np.repeat(rng.uniform(-1.5, 1.5, n_jets), counts)
-    phi = rng.normal(0, 0.3, n) + np.repeat(rng.uniform(-np.pi, np.pi, n_jets), counts)
-    px, py, pz = pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    labels = np.where(np.arange(n_jets) % 3 == 0, 8, 0).astype(np.int64)
-    return JetChunk(px=px, py=py, pz=pz, energy=np.sqrt(px**2 + py**2 + pz**2), offsets=offsets, labels=labels,
-                    path="toy", start=0, stop=n_jets)
+    """Jets of 5–60 massless constituents around a random axis, every third Tbqq (8), the others QCD (0)."""
+    return make_toy_chunk(n_jets, seed, labels=(8, 0, 0))
 
 
 @pytest.fixture

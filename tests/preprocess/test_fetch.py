@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from jjepa.common.errors import JJepaError
 from jjepa.preprocess.cli import main
-from jjepa.preprocess.datasets import SPLITS, DatasetSpec, RemoteFile, select_files, split_files
+from jjepa.preprocess.datasets import SPLITS, PublicDataset, RemoteFile, select_files, split_files
 from jjepa.preprocess.fetch import FetchOptions, extract_tar, fetch_dataset, fetch_file, marker_path
 
 RECORD_API_PATH = "api/records/2603256"
@@ -198,10 +198,10 @@ def test_missing_file_names_the_url(server, tmp_path):
 
 # --- tars -------------------------------------------------------------------------------------------
 
-def jetclass_spec(url: str, name: str, data: bytes, split: str, extract_to: str) -> DatasetSpec:
+def jetclass_spec(url: str, name: str, data: bytes, split: str, extract_to: str) -> PublicDataset:
     """A one-tar JetClass-like dataset served at ``url``/files/, with the tar's real md5."""
     files = (RemoteFile(name, split, md5(data), extract_to=extract_to),)
-    return DatasetSpec("jetclass", f"{url}/files/", files)
+    return PublicDataset("jetclass", f"{url}/files/", files)
 
 
 @pytest.mark.parametrize(("member_prefix", "keep"), [("val_5M/", True), ("", False)])

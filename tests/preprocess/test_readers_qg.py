@@ -15,6 +15,7 @@ from jjepa.preprocess.cli import main
 from jjepa.preprocess.readers import FORMATS, detect_format, read_chunk, source_info
 from jjepa.preprocess.readers.base import QG_CLASSES, GenericOptions
 from jjepa.preprocess.readers.qg import PARTICLE_MASSES, masses
+from jjepa.preprocess.validate import check_chunk
 
 PION_MASS = 0.13957  # GeV, EnergyFlow's mass of |PDG id| 211
 
@@ -125,20 +126,28 @@ def test_entry_ranges_outside_the_file_are_refused(tmp_path, start, stop):
 
 # ------------------------------------------------------------------------------------------ bad input
 
+def checked(path, start: int, stop: int, on_bad_jet: str = "error"):
+    """Read jets [start, stop) and apply the bad-jet rule every reader's jets go through."""
+    return check_chunk(read_chunk("qg", path, start, stop), on_bad_jet)
+
+
 def test_unknown_pdg_id_names_file_entry_particle_and_id(tmp_path):
     x, y = random_jets(8, seed=1)
     x[5, 1, 3] = 999.0
     x[6, 0, 3] = 211.5  # not an integer: unknown too
     path = tmp_path / "QG_jets_3.npz"
     write_qg(path, x, y)
-    assert read_chunk("qg", path, 0, 5).n_jets == 5  # jets before the bad one read fine
+    assert checked(path, 0, 5)[0].n_jets == 5  # jets before the bad one read fine
     with pytest.raises(InputError, match=r"entry 5: particle 1 has PDG id 999, which has no known mass "
-                                         r"\(known \|ids\|: \[1, 2, .*\]\); 1 more jet\(s\) like it in "
-                                         r"entries \[2, 8\)") as err:
-        read_chunk("qg", path, 2, 8)
+                                         r"\(known \|ids\|: \[1, 2, .*\]\); 2 bad jet\(s\) in "
+                                         r"entries 2-7") as err:
+        checked(path, 2, 8)
     assert err.value.entry == 5 and err.value.path == str(path)
     with pytest.raises(InputError, match="particle 0 has PDG id 211.5"):
-        read_chunk("qg", path, 6, 7)
+        checked(path, 6, 7)
+    good, n_skipped = checked(path, 0, 8, on_bad_jet="skip")
+    assert n_skipped == 2 and good.n_jets == 6
+    np.testing.assert_array_equal(good.labels, np.delete(y, [5, 6]))
 
 
 @pytest.mark.parametrize(("where", "value", "message"), [
@@ -146,6 +155,7 @@ def test_unknown_pdg_id_names_file_entry_particle_and_id(tmp_path):
     ((4, 0, 0), np.nan, "particle 0 has a non-finite value"),  # NaN pT must not pass for padding
     ((4, 3, 2), np.inf, "particle 3 has a non-finite value"),
     ((4, 1, 0), -2.0, "particle 1 has negative pT -2 GeV"),
+    ((4, 29, 0), np.nan, "particle 29 has a non-finite value"),  # NaN in a padding slot is not padding
 ])
 def test_bad_particle_values_name_the_entry(tmp_path, where, value, message):
     x, y = random_jets(6, seed=2)
@@ -153,8 +163,10 @@ def test_bad_particle_values_name_the_entry(tmp_path, where, value, message):
     path = tmp_path / "bad.npz"
     write_qg(path, x, y)
     with pytest.raises(InputError, match=message) as err:
-        read_chunk("qg", path, 0, 6)
+        checked(path, 0, 6)
     assert err.value.entry == 4
+    good, n_skipped = checked(path, 0, 6, on_bad_jet="skip")
+    assert n_skipped == 1 and good.n_jets == 5 and np.isfinite(good.energy).all()
 
 
 def test_labels_other_than_zero_or_one_name_the_entry(tmp_path):

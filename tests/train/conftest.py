@@ -20,6 +20,22 @@ def _few_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _shard_cache(tmp_path_factory):
+    """Verified-shard records (``jjepa.train.data.integrity``) go to a temporary folder, not the user's cache."""
+    import os
+
+    from jjepa.train.data.integrity import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("jjepa-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def toy_train(tmp_path_factory):
     """4 toy shards (2 QCD-like, 2 top-like) of 500 jets each, S=10, N=12."""
@@ -85,3 +101,39 @@ def pretrained(tmp_path_factory, simulated_splits):
                                       "steps": 30, "batch_size": 64, "log_every": 10, "device": "cpu",
                                       "prefetch": 2}), progress=False)
     return out / "checkpoints" / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def toy_test(tmp_path_factory):
+    """2 toy shards of 200 jets each, S=10, N=12, seeded apart from ``toy_train`` and ``toy_val``."""
+    folder = tmp_path_factory.mktemp("toy-test")
+    write_toy_shards(folder, n_shards=2, jets_per_shard=200, n_subjets=S, n_particles=N, seed=300)
+    return folder
+
+
+def finetune_toy_tagger(out, train, val, test, **overrides):
+    """A tiny tagger trained from scratch for ~30 steps on toy shards; returns its run folder."""
+    from dataclasses import fields
+
+    from jjepa.train.config import FinetuneConfig, resolve_finetune_config
+    from jjepa.train.runners.finetune import finetune
+
+    config = {"train": str(train), "val": str(val), "test": str(test), "out": str(out), "mode": "scratch",
+              "preset": "tiny", "batch_size": 64, "epochs": 1, "min_steps": 10, "eval_every": 10,
+              "device": "cpu", "prefetch": 2, **overrides}
+    if "bootstrap_resamples" in {f.name for f in fields(FinetuneConfig)}:
+        config.setdefault("bootstrap_resamples", 20)
+    finetune(resolve_finetune_config(config), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_toy_tagger():
+    """``finetune_toy_tagger``, for tests that train a tagger of another architecture."""
+    return finetune_toy_tagger
+
+
+@pytest.fixture(scope="session")
+def toy_tagger(tmp_path_factory, toy_train, toy_val, toy_test):
+    """Run folder of a tiny tagger finetuned (from scratch) on the toy shards, tested on ``toy_test``."""
+    return finetune_toy_tagger(tmp_path_factory.mktemp("toy-tagger") / "run", toy_train, toy_val, toy_test)

@@ -53,7 +53,8 @@ def test_unlabelled_training_jets_are_refused():
 
 # --- finetuning ------------------------------------------------------------------------------------
 
-def test_short_finetune_on_simulated_jets_separates_top_from_qcd(simulated_splits, pretrained, tmp_path):
+def test_short_finetune_on_simulated_jets_separates_top_from_qcd(simulated_splits, pretrained, tmp_path,
+                                                                    check_figure):
     config = config_for(simulated_splits, tmp_path / "ft", pretrained, epochs=8, eval_every=10, lr=2e-3,
                         encoder_lr_scale=1.0)
     metrics = finetune(config, progress=False)
@@ -64,7 +65,7 @@ def test_short_finetune_on_simulated_jets_separates_top_from_qcd(simulated_split
     assert saved["auc"] == metrics["auc"]
     with open(tmp_path / "ft" / "roc.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) > 10
-    assert (tmp_path / "ft" / "roc.png").stat().st_size > 0
+    check_figure(tmp_path / "ft" / "roc.png")
 
 
 def test_label_fraction_reduces_training_only(simulated_splits, pretrained, tmp_path):
@@ -125,7 +126,8 @@ def test_finetune_configuration_errors(simulated_splits, pretrained, tmp_path):
 
 # --- scan and embed --------------------------------------------------------------------------------
 
-def test_scan_writes_the_grid_and_skips_finished_cells(simulated_splits, pretrained, tmp_path, monkeypatch):
+def test_scan_writes_the_grid_and_skips_finished_cells(simulated_splits, pretrained, tmp_path, monkeypatch,
+                                                       check_figure):
     base = config_for(simulated_splits, tmp_path / "unused", pretrained)
     rows = scan(base, [0.05, 1.0], ["freeze", "scratch"], [0, 1], tmp_path / "scan", progress=False)
     assert len(rows) == 8
@@ -134,7 +136,7 @@ def test_scan_writes_the_grid_and_skips_finished_cells(simulated_splits, pretrai
     assert {(r["mode"], r["label_fraction"], r["seed"]) for r in table} == {
         (m, f, s) for m in ("freeze", "scratch") for f in ("0.05", "1.0") for s in ("0", "1")}
     assert "± " in (tmp_path / "scan" / "summary.md").read_text()
-    assert (tmp_path / "scan" / "rejection_vs_labels.png").stat().st_size > 0
+    check_figure(tmp_path / "scan" / "rejection_vs_labels.png")
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished cell was run again")
@@ -211,7 +213,7 @@ def test_classes_without_training_jets_are_dropped(tmp_path):
     assert stored["classifier"]["head.linear.weight"].shape[0] == 2
 
 
-def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path):
+def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path, check_figure):
     """Three classes (QCD, Wqq, Tbqq), through scan and evaluate: per-class rejections against QCD,
     roc.csv in long format, and the comparison report."""
     kinds = ((1, 8), (1, 7), (0, 0))
@@ -235,7 +237,7 @@ def test_multiclass_tagger_writes_one_roc_per_signal_class(tmp_path):
 
     compared = evaluate([tmp_path / "scan"], tmp_path / "report")
     assert compared["scratch"][f"labels_{metrics['n_train_labels']}"]["auc"] == pytest.approx(metrics["auc"])
-    assert (tmp_path / "report" / "roc.png").stat().st_size > 0
+    check_figure(tmp_path / "report" / "roc.png")
 
 
 def test_a_class_without_test_jets_fails_before_training(tmp_path):

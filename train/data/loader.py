@@ -4,7 +4,9 @@ Every shard listed in a folder's ``manifest.json`` is memory-mapped (``open_memm
 a batch is copying a few contiguous slices out of the page cache: no h5py call and no Python per jet.
 The reading order of an epoch is the shards' jets cut into blocks of ``block_size`` contiguous jets,
 shuffled with a generator seeded by (seed, epoch); a batch is the next ``batch_size`` jets of that
-order, i.e. a handful of blocks from different shards.
+order, i.e. a handful of blocks from different shards. Shards written with float16 particles
+(``jjepa-preprocess cluster --particle-dtype float16``) are memory-mapped as float16 and converted
+to float32 by that same copy, so a batch is float32 whatever the shards store.
 
 Under DDP, each rank reads its own contiguous share of every epoch's order, so the ranks' shares
 are disjoint and together hold every jet exactly once. Training streams run on across epoch
@@ -25,13 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from jjepa.common.errors import ShardError
-from jjepa.common.schema import DATASETS
+from jjepa.common.schema import SHARD_ARRAYS, validate_shard
 from jjepa.common.shards import Manifest, open_memmaps, read_manifest
 from jjepa.train.config import ModelConfig
+from jjepa.train.data.integrity import verify_shards
 
 #: What pretraining reads of a shard; finetuning adds ``labels``.
 PRETRAIN_FIELDS: tuple[str, ...] = ("particles", "particle_mask", "subjets", "subjet_mask")
-_TORCH_DTYPES = {spec.name: torch.from_numpy(np.zeros(0, spec.dtype)).dtype for spec in DATASETS}
+#: Batch dtypes: the schema's, float32 ``particles`` also for float16 shards (converted while copying).
+_TORCH_DTYPES = {spec.name: torch.from_numpy(np.zeros(0, spec.dtype)).dtype for spec in SHARD_ARRAYS}
 
 
 @dataclass(frozen=True)
@@ -70,22 +74,68 @@ class ShardSet:
 
     Args:
         folder: a shard folder with ``manifest.json`` (the output of ``jjepa-preprocess cluster``).
+        verify: check every shard's sha256 against the manifest first (``integrity.verify_shards``:
+            files already verified, unchanged, are not hashed again).
+
+    Every shard is checked against the schema (``validate_shard``: version, dtypes, shapes) and
+    against the manifest (S, N and jet counts) before anything is read, so a damaged, truncated or
+    foreign shard is an error naming its file, never a traceback in the middle of training.
 
     ``index`` is None (every jet) or, per shard, the sorted positions of the selected jets (see
     ``select``); ``lengths`` counts the selected jets, and the loader's positions run over them.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, verify: bool = True):
         self.folder = Path(folder)
         self.manifest: Manifest = read_manifest(folder)
         if not self.manifest.shards:
             raise ShardError(f"{folder}: the manifest lists no shards")
-        self.maps = [open_memmaps(self.folder / record.file) for record in self.manifest.shards]
+        paths = [self.folder / record.file for record in self.manifest.shards]
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise ShardError(f"{missing[0]}: listed in {self.folder / 'manifest.json'} but missing"
+                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; copy it back or "
+                             "rebuild it (`jjepa-preprocess cluster ... --resume`)")
+        if verify:
+            verify_shards(paths, [record.sha256 for record in self.manifest.shards])
+        self.maps = [self._open(path) for path in paths]
         self.lengths = np.array([m["labels"].shape[0] for m in self.maps], dtype=np.int64)
         self.index: list[np.ndarray] | None = None
         for record, length in zip(self.manifest.shards, self.lengths, strict=True):
             if record.n_jets != length:
                 raise ShardError(f"{self.folder / record.file}: {length} jets, the manifest says {record.n_jets}")
+
+    def _open(self, path: Path) -> dict[str, np.ndarray]:
+        """Memory-map one shard after checking it against the schema and the manifest's S and N."""
+        problems = validate_shard(path)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise ShardError(f"{path}: {problems[0]}{more}; the shard is damaged or not a jjepa shard: rebuild it "
+                             "(`jjepa-preprocess cluster ... --resume`) or remove it from the folder and manifest")
+        maps = open_memmaps(path)
+        s, n = maps["particles"].shape[1:3]
+        if (s, n) != (self.n_subjets, self.n_particles):
+            raise ShardError(f"{path}: S={s} subjets of N={n} constituents, but {self.folder / 'manifest.json'} "
+                             f"says S={self.n_subjets}, N={self.n_particles}; a folder holds shards of one "
+                             "clustering: move this shard to a folder of its own (with its own manifest)")
+        return maps
+
+    def check_like(self, other: ShardSet, role: str) -> None:
+        """Refuse ``other`` (e.g. ``--val``) unless it has the same schema, S, N and dtypes as these shards.
+
+        Called before any step, so a validation or test set of another clustering fails at once, not
+        after training. ``role`` names ``other`` in the message (``--val``, ``--test``). Particles
+        stored as float16 in one set and float32 in the other agree: batches are float32 either way.
+        """
+        def layout(maps: dict[str, np.ndarray]) -> dict:
+            return {k: (v.dtype.kind if k == "particles" else v.dtype, v.shape[1:]) for k, v in maps.items()}
+
+        mine, theirs = layout(self.maps[0]), layout(other.maps[0])
+        if (other.n_subjets, other.n_particles) != (self.n_subjets, self.n_particles) or mine != theirs:
+            differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise ShardError(f"{role} {other.folder}: shards of S={other.n_subjets}, N={other.n_particles} "
+                             f"(datasets {differ} differ), but {self.folder} has S={self.n_subjets}, "
+                             f"N={self.n_particles}; cluster every set with the same --n-subjets and --n-particles")
 
     def bind(self, model: ModelConfig) -> ModelConfig:
         """``model`` with S and N taken from these shards; an encoder built for other S or N is an error."""
@@ -96,12 +146,40 @@ class ShardSet:
         return replace(model, n_subjets=self.n_subjets, n_particles=self.n_particles)
 
     def select(self, index: list[np.ndarray]) -> ShardSet:
-        """A view of these shards holding only the jets at ``index`` (per shard, sorted int64 positions)."""
+        """A view of these shards holding only the jets at ``index`` (per shard, sorted int64 positions).
+
+        Positions count the jets of *this* view, so selections compose: on a view that already
+        selects jets (e.g. ``with_min_subjets``), ``index`` picks among those.
+        """
         if len(index) != len(self.maps):
             raise ValueError(f"need one index array per shard ({len(self.maps)}), got {len(index)}")
         view = copy.copy(self)
         view.index = [np.asarray(i, dtype=np.int64) for i in index]
+        if self.index is not None:
+            view.index = [rows[i] for rows, i in zip(self.index, view.index, strict=True)]
         view.lengths = np.array([len(i) for i in view.index], dtype=np.int64)
+        return view
+
+    def with_min_subjets(self, min_subjets: int) -> ShardSet:
+        """A view without the jets that have fewer than ``min_subjets`` real subjets; 0 returns ``self``.
+
+        Reads only ``subjet_mask`` (J, S) of each shard, one vectorised count per shard; the jets are
+        left out, not re-clustered. Raises ``ShardError`` when no jet is left.
+        """
+        if min_subjets <= 0:
+            return self
+        if min_subjets > self.n_subjets:
+            raise ShardError(f"min_subjets is {min_subjets} but the shards in {self.folder} hold at most "
+                             f"{self.n_subjets} subjets per jet; lower min_subjets or re-cluster with more slots")
+        keep = []
+        for k, m in enumerate(self.maps):
+            rows = np.arange(len(m["subjet_mask"])) if self.index is None else self.index[k]
+            n_real = np.asarray(m["subjet_mask"]).sum(axis=1)[rows]
+            keep.append(np.flatnonzero(n_real >= min_subjets))
+        view = self.select(keep)
+        if view.n_jets == 0:
+            raise ShardError(f"{self.folder}: no jet has {min_subjets} or more real subjets; lower min_subjets "
+                             "(0 keeps every jet)")
         return view
 
     def labels(self) -> list[np.ndarray]:
@@ -185,11 +263,15 @@ class ShardLoader:
             every batch full, running on across epoch boundaries.
         fields: which datasets a batch holds.
         pin_memory: allocate batches in pinned memory (for asynchronous copies to CUDA).
+        check_finite: refuse a batch whose float fields (``particles``, ``subjets``) hold NaN or inf,
+            with a ``ShardError`` naming the shard and the rows of the offending jets, so bad values
+            never become a loss. One ``np.isfinite(...).all()`` per field and batch, in the loader
+            thread (about the cost of the copy itself; docs/performance.md).
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, block_size: int, seed: int, shuffle: bool,
                  rank: int, world_size: int, epochs: int | None, fields: tuple[str, ...],
-                 pin_memory: bool):
+                 pin_memory: bool, check_finite: bool = True):
         self.shards = shards
         self.batch_size = batch_size
         self.block_size = block_size
@@ -200,6 +282,7 @@ class ShardLoader:
         self.epochs = epochs
         self.fields = fields
         self.pin_memory = pin_memory
+        self.check_finite = check_finite
 
     def jets_per_epoch(self) -> int:
         """Jets in this rank's share of an epoch (shares differ by at most one jet)."""
@@ -227,8 +310,25 @@ class ShardLoader:
                 rows = slice(start, stop) if index is None else index[shard][start:stop]
                 target[at:at + stop - start] = maps[shard][name][rows]
                 at += stop - start
+            if self.check_finite and target.dtype.kind == "f" and not np.isfinite(target).all():
+                raise self._non_finite(name, target, segments)
             out[name] = tensor
         return out
+
+    def _non_finite(self, name: str, target: np.ndarray, segments: list[np.ndarray]) -> ShardError:
+        """The error for a batch whose ``name`` array (B, ...) holds NaN or inf: the first shard and its rows."""
+        bad = np.flatnonzero(~np.isfinite(target.reshape(len(target), -1)).all(axis=1))
+        sizes = np.array([int(stop - start) for _, start, stop in segments])
+        ends = np.cumsum(sizes)
+        which = int(np.searchsorted(ends, bad[0], side="right"))
+        shard, start, stop = (int(v) for v in segments[which])
+        positions = bad[(bad >= ends[which] - sizes[which]) & (bad < ends[which])] - (ends[which] - sizes[which])
+        rows = positions + start if self.shards.index is None else self.shards.index[shard][start:stop][positions]
+        shown = ", ".join(str(r) for r in rows[:10]) + (", …" if len(rows) > 10 else "")
+        path = self.shards.folder / self.shards.manifest.shards[shard].file
+        return ShardError(f"{path}: non-finite values (NaN or inf) in {name!r} of the jet(s) at row(s) {shown}; "
+                          "the shard was written from bad input or is damaged: fix the input and rebuild it "
+                          "(`jjepa-preprocess cluster`), or remove the shard from the folder and manifest")
 
     def batches(self, cursor: Cursor = Cursor()) -> Iterator[JetBatch]:
         """Yield batches from ``cursor`` on, in this thread (see ``prefetch`` for the threaded version)."""

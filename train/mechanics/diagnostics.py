@@ -19,9 +19,18 @@ def representation_std(reps: torch.Tensor) -> float:
 
 
 def effective_rank(reps: torch.Tensor) -> float:
-    """Effective rank of (B, D) representations (centred over the batch); 0 for a constant batch."""
+    """Effective rank of (B, D) representations (centred over the batch); 0 for a constant batch.
+
+    NaN when ``reps`` holds non-finite values (a diverged run): the SVD would fail with a
+    linear-algebra error that says nothing about the cause, which the trainer reports itself.
+    """
     centred = reps.float() - reps.float().mean(dim=0, keepdim=True)
-    singular = torch.linalg.svdvals(centred)
+    if not bool(torch.isfinite(centred).all()):
+        return float("nan")
+    try:
+        singular = torch.linalg.svdvals(centred)
+    except torch.linalg.LinAlgError:  # no convergence on a pathological (e.g. huge-valued) batch
+        return float("nan")
     total = singular.sum()
     if total <= 0:
         return 0.0

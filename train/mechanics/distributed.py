@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from jjepa.common.errors import JJepaError
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,50 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device "
-                               "(check the driver and that the installed torch is a CUDA build)")
+            raise JJepaError("--device cuda was asked for, but torch sees no CUDA device "
+                             "(check the driver and that the installed torch is a CUDA build; or use --device cpu)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` → ``bf16`` on CUDA, ``fp32`` on the CPU; ``bf16``, ``fp16`` and ``fp32`` as given.
+
+    Raises:
+        JJepaError: bf16 asked for on a GPU without bf16 support (before Ampere): use fp16 there.
+    """
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise JJepaError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise JJepaError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16 (with a "
+                         "gradient scaler) or fp32")
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context of ``precision`` (see ``resolve_precision``) on ``device``; fp32: none.
+
+    Matmuls and attention run in bf16/fp16, reductions and norms stay fp32 (PyTorch's autocast lists);
+    callers cast logits and losses to float32 before softmax, metrics and the loss.
+    """
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled for fp16 only (bf16 and fp32 have fp32's exponent range: a no-op).
+
+    fp16 gradients underflow without loss scaling; the scaler multiplies the loss, unscales the
+    gradients before clipping and skips steps whose gradients overflowed.
+    """
+    return torch.amp.GradScaler(device.type, enabled=resolve_precision(precision, device) == "fp16")
 
 
 def init_distributed(device: str) -> DistInfo:

@@ -84,7 +84,11 @@ class JetClassifier(nn.Module):
         return self.encoder(inputs)
 
     def forward(self, inputs: ModelInputs) -> torch.Tensor:
-        return self.head(self.representations(inputs), inputs.subjet_mask)
+        """(B, C) float32 logits: the encoder may run under bf16/fp16 autocast, the small head never does,
+        so scores are not rounded to bf16 (ties where the rejection at εS = 0.3 is read)."""
+        reps = self.representations(inputs)
+        with torch.autocast(reps.device.type, enabled=False):
+            return self.head(reps.float(), inputs.subjet_mask)
 
 
 def encoder_state(checkpoint: dict, which: str) -> dict[str, torch.Tensor]:

@@ -92,25 +92,41 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
 
 
 def plot_rejection_vs_labels(summary: list[dict], path: str | Path) -> None:
-    """Rejection at εS = 0.5 vs labelled training jets (log x), mean ± std band per mode."""
+    """Rejection at εS = 0.5 vs labelled training jets (log x), one curve per mode.
+
+    The points are the seed averages (geometric), the error bars the 68 % test-set intervals and, with
+    several seeds, the band the seed spread (see :mod:`jjepa.train.report.summary`). Lower bounds
+    (no background jet passing) are drawn as upward triangles.
+    """
     with hep_style():
         fig, ax = styled_axes()
-        _draw_bands(ax, summary)
+        _draw_curves(ax, summary)
         save_figure(fig, path)
 
 
-def _draw_bands(ax, summary: list[dict]) -> None:
+def _draw_curves(ax, summary: list[dict]) -> None:
     for mode in dict.fromkeys(e["mode"] for e in summary):
         entries = sorted((e for e in summary if e["mode"] == mode), key=lambda e: e["n_train_labels"])
-        x = np.array([e["n_train_labels"] for e in entries])
-        mean = np.array([e["rej_at_50_mean"] for e in entries])
-        std = np.array([e["rej_at_50_std"] for e in entries])
-        ax.plot(x, mean, marker="o", label=mode)
-        ax.fill_between(x, mean - std, mean + std, alpha=0.25)
+        x = np.array([e["n_train_labels"] for e in entries], dtype=float)
+        central = np.array([e["rej_at_50_mean"] for e in entries])
+        low = np.array([e["rej_at_50_ci_low"] for e in entries])
+        high = np.array([e["rej_at_50_ci_high"] for e in entries])
+        bound = np.array([bool(e.get("rej_at_50_lower_bound")) for e in entries])
+        errors = np.nan_to_num(np.abs(np.vstack([central - low, np.minimum(high, 10 * central) - central])))
+        (line,) = ax.plot(x, central, label=mode)
+        ax.errorbar(x[~bound], central[~bound], yerr=errors[:, ~bound], fmt="o", color=line.get_color(),
+                    capsize=3)
+        if bound.any():
+            ax.plot(x[bound], central[bound], "^", color=line.get_color())
+        spreads = [e["rej_at_50_seed_spread"] for e in entries]
+        if all(s is not None for s in spreads):
+            factor = np.exp(np.array(spreads, dtype=float))
+            ax.fill_between(x, central / factor, central * factor, alpha=0.2, color=line.get_color())
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("labelled training jets")
     ax.set_ylabel(r"background rejection $1/\varepsilon_B$ at $\varepsilon_S = 0.5$")
-    ax.legend()
+    ax.legend(title="bars: test set 68 %; band: seeds")
 
 
 def _style_params() -> dict:

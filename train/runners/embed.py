@@ -47,7 +47,7 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
         progress: show a progress bar.
     """
     torch_device = resolve_device(device)
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, kind="pretrain")
     saved = config_from_dict(state["config"])
     shards = ShardSet(data)
     model = SubjetTransformer(shards.bind(saved.model))

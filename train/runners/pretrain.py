@@ -15,6 +15,8 @@ resume, N more steps equals 2N steps straight (bit for bit on the CPU).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -25,14 +27,15 @@ import torch
 import yaml
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import PretrainConfig, config_from_dict
+from jjepa.train.config import RESUMABLE_CHANGES, PretrainConfig, config_from_dict
 from jjepa.train.data.loader import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
 from jjepa.train.data.transform import batch_inputs
-from jjepa.train.mechanics.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.mechanics.checkpoint import PretrainCheckpoint, load_checkpoint, save_checkpoint
 from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
 from jjepa.train.mechanics.distributed import (
     DistInfo,
     autocast,
+    grad_scaler,
     init_distributed,
     mean_over_ranks,
     shutdown_distributed,
@@ -40,7 +43,9 @@ from jjepa.train.mechanics.distributed import (
 from jjepa.train.mechanics.ema import ema_update, make_target_encoder, momentum_at
 from jjepa.train.mechanics.masking import mask_generator, sample_targets
 from jjepa.train.mechanics.optim import lr_at, make_optimizer, set_lr
+from jjepa.train.mechanics.signals import any_rank, stop_requests
 from jjepa.train.model.jepa import JEPA, jepa_forward
+from jjepa.train.model.packing import plan_jepa
 from jjepa.train.model.subjet_transformer import jet_representation
 from torch import nn
 from tqdm.auto import tqdm
@@ -66,6 +71,8 @@ class RunState:
     #: logs the same averages as an uninterrupted one).
     interval_loss: float = 0.0
     interval_steps: int = 0
+    #: fp16's loss scaler (``grad_scaler``; disabled, a no-op, for bf16 and fp32); checkpointed.
+    scaler: torch.amp.GradScaler | None = None
 
 
 def total_steps(config: PretrainConfig, jets_per_epoch: int) -> int:
@@ -76,13 +83,35 @@ def total_steps(config: PretrainConfig, jets_per_epoch: int) -> int:
 
 
 def _check_resumable(config: PretrainConfig, saved: PretrainConfig) -> None:
-    """A resumed run must train the same model on the same data with the same schedules."""
-    fixed = ("model", "transform", "data", "steps", "epochs", "batch_size", "seed", "lr", "final_lr",
-             "warmup_fraction", "ema_start", "ema_end", "mask_fraction", "context_sees_targets", "block_size")
-    changed = [k for k in fixed if getattr(config, k) != getattr(saved, k)]
+    """A resumed run must train the same model on the same data with the same schedules.
+
+    Every field must match the checkpoint's except those of ``RESUMABLE_CHANGES`` (output, device,
+    logging, validation, ``stop_after``…), so a field added later is protected by default.
+    """
+    changed = [f.name for f in dataclasses.fields(PretrainConfig)
+               if f.name not in RESUMABLE_CHANGES and getattr(config, f.name) != getattr(saved, f.name)]
     if changed:
         raise JJepaError(f"cannot resume: {changed} differ from the checkpoint's configuration; "
                          "start a new run (--out) to change them")
+
+
+def draw_targets(config: PretrainConfig, subjet_mask: torch.Tensor, rank: int, step: int) -> torch.Tensor:
+    """(B, S) bool target mask of ``step`` on ``rank`` as configured (fraction, selection, pool), on the CPU."""
+    return sample_targets(subjet_mask, config.mask_fraction, mask_generator(config.seed, rank, step),
+                          config.target_selection, config.target_pool)
+
+
+def load_shards(folder: str, min_subjets: int, what: str, verify: bool = True) -> ShardSet:
+    """The shards of ``folder`` without the jets below ``min_subjets`` real subjets; logs the count kept.
+
+    ``verify``: check the shards' sha256 against the manifest first (``ShardSet``).
+    """
+    shards = ShardSet(folder, verify=verify)
+    kept = shards.with_min_subjets(min_subjets)
+    if min_subjets > 0:
+        log.info("%s: %d of %d jets have at least %d real subjets and are kept", what, kept.n_jets, shards.n_jets,
+                 min_subjets)
+    return kept
 
 
 def build_state(config: PretrainConfig, device: torch.device) -> RunState:
@@ -91,7 +120,7 @@ def build_state(config: PretrainConfig, device: torch.device) -> RunState:
     model = JEPA(config.model).to(device)
     target = make_target_encoder(model.context_encoder)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    return RunState(model, target, optimizer, step=0, cursor=Cursor())
+    return RunState(model, target, optimizer, step=0, cursor=Cursor(), scaler=grad_scaler(device, config.precision))
 
 
 def restore_state(state: RunState, checkpoint: dict) -> None:
@@ -104,22 +133,25 @@ def restore_state(state: RunState, checkpoint: dict) -> None:
     state.interval_loss = float(checkpoint["interval_loss"])
     state.interval_steps = int(checkpoint["interval_steps"])
     torch.set_rng_state(checkpoint["torch_rng"])
+    if checkpoint.get("scaler") and state.scaler is not None and state.scaler.is_enabled():
+        state.scaler.load_state_dict(checkpoint["scaler"])
 
 
-def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) -> dict:
+def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) -> PretrainCheckpoint:
     """What ``save_checkpoint`` writes for ``state``."""
-    return {
-        "config": config.to_dict(),
-        "model": state.model.state_dict(),
-        "target_encoder": state.target_encoder.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "step": state.step,
-        "cursor": {"epoch": state.cursor.epoch, "offset": state.cursor.offset},
-        "world_size": world_size,
-        "interval_loss": state.interval_loss,
-        "interval_steps": state.interval_steps,
-        "torch_rng": torch.get_rng_state(),
-    }
+    return PretrainCheckpoint(
+        config=config.to_dict(),
+        model=state.model.state_dict(),
+        target_encoder=state.target_encoder.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        step=state.step,
+        cursor={"epoch": state.cursor.epoch, "offset": state.cursor.offset},
+        world_size=world_size,
+        interval_loss=state.interval_loss,
+        interval_steps=state.interval_steps,
+        torch_rng=torch.get_rng_state(),
+        scaler=state.scaler.state_dict() if state.scaler is not None else {},
+    )
 
 
 class TrainLog:
@@ -158,10 +190,9 @@ def validation_loss(state: RunState, config: PretrainConfig, shards: ShardSet, d
     for index, batch in enumerate(loader.batches()):
         if config.val_batches is not None and index >= config.val_batches:
             break
-        target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
-                                     mask_generator(config.seed, _VAL_RANK, index))
+        target_mask = draw_targets(config, batch["subjet_mask"], _VAL_RANK, index)
         inputs = batch_inputs(batch, config.transform, device)
-        with autocast(device):
+        with autocast(device, config.precision):
             out = jepa_forward(state.model, state.target_encoder, inputs, target_mask.to(device),
                                config.context_sees_targets)
         total += float(out.loss) * len(batch)
@@ -177,7 +208,7 @@ def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool =
     """
     dist_info = init_distributed(config.device)
     try:
-        shards = ShardSet(config.data)
+        shards = load_shards(config.data, config.min_subjets, "training set", verify=config.verify_shards)
         loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True,
                              rank=dist_info.rank, world_size=dist_info.world_size, epochs=None,
                              fields=PRETRAIN_FIELDS, pin_memory=dist_info.device.type == "cuda")
@@ -185,8 +216,7 @@ def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool =
         with loader.prefetch(depth=config.prefetch) as batches:
             start = time.perf_counter()
             for step, batch in enumerate(tqdm(batches, total=steps, disable=not progress, unit="batch")):
-                target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
-                                             mask_generator(config.seed, dist_info.rank, step))
+                target_mask = draw_targets(config, batch["subjet_mask"], dist_info.rank, step)
                 batch_inputs(batch, config.transform, dist_info.device)
                 target_mask.to(dist_info.device, non_blocking=True)
                 if step + 1 == steps:
@@ -225,9 +255,12 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     device = dist_info.device
     out = Path(config.out)
     last = out / "checkpoints" / "last.pt"
-    shards = ShardSet(config.data)
+    shards = load_shards(config.data, config.min_subjets, "training set", verify=config.verify_shards)
     config = replace(config, model=shards.bind(config.model))
-    val_shards = ShardSet(config.val) if config.val else None
+    val_shards = (load_shards(config.val, config.min_subjets, "validation set", verify=config.verify_shards)
+                  if config.val else None)
+    if val_shards is not None:
+        shards.check_like(val_shards, "--val")
 
     checkpoint = None
     if resume:
@@ -250,6 +283,8 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     steps = total_steps(config, loader.jets_per_epoch())
     stop = min(steps, config.stop_after) if config.stop_after is not None else steps
     warmup = int(config.warmup_fraction * steps)
+    if checkpoint is not None and state.step >= steps:
+        return _finished(out, state.step, steps)
 
     train_log = None
     if dist_info.is_main:
@@ -264,7 +299,9 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     if dist_info.world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     if config.compile:
-        model, target_encoder = torch.compile(model), torch.compile(target_encoder)
+        # dynamic: the packed sequence lengths change from batch to batch; one graph serves them all
+        # (static graphs would recompile for every new length early in the run).
+        model, target_encoder = torch.compile(model, dynamic=True), torch.compile(target_encoder, dynamic=True)
 
     bar = tqdm(total=stop, initial=state.step, disable=not (progress and dist_info.is_main), unit="step",
                dynamic_ncols=True)
@@ -276,30 +313,36 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
         if dist_info.is_main:
             state.interval_loss += float(interval_loss)
             interval_loss.zero_()
+            if not (math.isfinite(state.interval_loss) and _finite_weights(state)):
+                raise _diverged(config, state.step, last)
             save_checkpoint(last, checkpoint_dict(state, config, dist_info.world_size))
 
     try:
-        with loader.prefetch(state.cursor, depth=config.prefetch) as batches:
+        with stop_requests() as terminate, loader.prefetch(state.cursor, depth=config.prefetch) as batches:
             while state.step < stop:
                 batch = next(batches)
                 step = state.step
                 lr = lr_at(step, steps, config.lr, config.final_lr, warmup)
                 momentum = momentum_at(step, steps, config.ema_start, config.ema_end)
                 set_lr(state.optimizer, lr)
-                target_mask = sample_targets(batch["subjet_mask"], config.mask_fraction,
-                                             mask_generator(config.seed, dist_info.rank, step))
+                target_mask = draw_targets(config, batch["subjet_mask"], dist_info.rank, step)
+                # Packings from the CPU masks: the sequence lengths are known without a device sync.
+                plans = plan_jepa(batch["subjet_mask"], target_mask).to(device)
                 inputs = batch_inputs(batch, config.transform, device)
                 target_mask = target_mask.to(device, non_blocking=True)
 
                 # 1. forward target (no gradient)  2. forward context + predictor  3. L2 loss
-                with autocast(device):
-                    result = jepa_forward(model, target_encoder, inputs, target_mask, config.context_sees_targets)
-                # 4. backward, clip, step
+                with autocast(device, config.precision):
+                    result = jepa_forward(model, target_encoder, inputs, target_mask, config.context_sees_targets,
+                                          plans=plans)
+                # 4. backward (loss scaled for fp16), clip the unscaled gradients, step
                 state.optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
+                state.scaler.scale(result.loss).backward()
                 if config.clip_grad > 0:
+                    state.scaler.unscale_(state.optimizer)
                     nn.utils.clip_grad_norm_(state.model.parameters(), config.clip_grad)
-                state.optimizer.step()
+                state.scaler.step(state.optimizer)
+                state.scaler.update()
                 # 5. momentum (EMA) update of the target encoder
                 ema_update(state.target_encoder, state.model.context_encoder, momentum)
 
@@ -326,6 +369,10 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                     interval_start, rate_steps = time.perf_counter(), 0
                 if state.step % config.checkpoint_every == 0 and state.step < stop:
                     save()
+                # SIGTERM (a batch system's notice): stop between steps; under DDP all ranks agree at a log step.
+                if (dist_info.world_size == 1 or state.step % config.log_every == 0) and \
+                        any_rank(terminate.is_set(), dist_info):
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         save()
         log.warning("interrupted at step %d; checkpoint saved, continue with --resume", state.step)
@@ -336,17 +383,49 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     if state.step < steps:
         log.info("stopped at step %d of %d (--stop-after); continue with --resume", state.step, steps)
         return {"step": state.step, "total_steps": steps, "stopped": True}
-    metrics = {"step": state.step, "total_steps": steps, **{k: row.get(k) for k in LOG_COLUMNS[2:]}}
+    metrics = {"step": state.step, "total_steps": steps, **{k: row.get(k) for k in LOG_COLUMNS[2:]},
+               "n_train_jets": shards.n_jets, "n_val_jets": val_shards.n_jets if val_shards is not None else None}
     if dist_info.is_main:
         write_json_atomic(out / "metrics.json", metrics)
         log.info("pretraining done: %d steps, loss %.4g", state.step, metrics["loss"])
     return metrics
 
 
+def _finished(out: Path, step: int, steps: int) -> dict:
+    """``--resume`` of a run that is done: say so and return its metrics, touching nothing."""
+    log.info("%s is finished (step %d of %d); nothing to do (start a new run with another --out)", out, step, steps)
+    path = out / "metrics.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s is missing or unreadable; the checkpoint of the finished run is kept as it is", path)
+        return {"step": step, "total_steps": steps, "finished": True}
+
+
+def _finite_weights(state: RunState) -> bool:
+    """Whether every weight of the networks is finite (checked before each checkpoint is written)."""
+    tensors = [*state.model.parameters(), *state.target_encoder.parameters()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _diverged(config: PretrainConfig, step: int, last: Path) -> JJepaError:
+    """The error for a non-finite loss or weights: what happened, what was kept, what to try."""
+    kept = f"the last good checkpoint, {last}, is kept" if last.exists() else "no checkpoint was written"
+    return JJepaError(f"the loss diverged (NaN or inf) by step {step}; nothing from it is saved or reported ({kept}). "
+                      f"Try a lower --lr (now {config.lr:g}), gradient clipping (--set clip_grad=1.0, now "
+                      f"{config.clip_grad:g}) or a longer warmup (--set warmup_fraction=0.1, now "
+                      f"{config.warmup_fraction:g})")
+
+
 def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, result, mean_loss: float,
              rate_steps: int, interval_start: float, lr: float, momentum: float) -> dict:
-    """One ``train_log.csv`` row, with the collapse diagnostics of the last batch; warns on collapse."""
+    """One ``train_log.csv`` row, with the collapse diagnostics of the last batch; warns on collapse.
+
+    A non-finite loss (averaged over ranks, so every rank stops alike) raises the divergence error.
+    """
     loss = mean_over_ranks(mean_loss, dist_info)
+    if not math.isfinite(loss):
+        raise _diverged(config, state.step, Path(config.out) / "checkpoints" / "last.pt")
     elapsed = time.perf_counter() - interval_start
     reps = jet_representation(result.target_reps.float(), result.subjet_mask)
     std, rank = representation_std(reps), effective_rank(reps)

@@ -1,0 +1,57 @@
+"""``bench/gpu.py --device cpu --quick``: the device benchmark runs end to end and prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+
+
+def run_bench(*args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stdout
+    return json.loads(lines[0])
+
+
+def test_quick_cpu_run_reports_every_section(tmp_path):
+    result = run_bench("--device", "cpu", "--quick", "--cache", str(tmp_path))
+    assert result["device"] == "cpu" and result["precision"] == "fp32"
+    assert result["input"]["jets_per_s"] > 0 and result["input"]["jets_per_s_unpinned_no_prefetch"] > 0
+    (tiny,) = result["presets"]
+    assert tiny["preset"] == "tiny" and tiny["batch_size"] in (16, 32)
+    assert [t["batch_size"] for t in tiny["batch_search"]][:1] == [16]
+    assert tiny["eager"]["jets_per_s"] > 0 and tiny["eager"]["tflops_per_s"] > 0
+    assert "mfu" not in tiny["eager"]  # no peak known for a CPU
+    assert 0 < tiny["flops_per_jet_step"] < tiny["flops_per_jet_step_masked"]
+    assert tiny["loader_vs_step"] > 0 and tiny["finetune"]["jets_per_s"] > 0
+    assert set(result["targets"]) >= {"loader_met", "paper_mfu_met"}
+
+
+def test_flops_only_counts_packed_and_masked_steps(tmp_path):
+    result = run_bench("--device", "cpu", "--quick", "--flops-only", "--batch-size", "32", "--cache", str(tmp_path))
+    (tiny,) = result["flops"]
+    assert tiny["flops_per_step"] == pytest.approx(32 * tiny["flops_per_jet_step"], rel=1e-3)
+    assert tiny["packing_flop_ratio"] > 1
+
+
+def test_peak_table_matches_device_names():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        from gpu import peak_tflops
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    assert peak_tflops("NVIDIA H200") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak_tflops("NVIDIA A10") == 125.0
+    assert peak_tflops("Some Future GPU") is None
