@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -56,3 +57,12 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", block: int =
 def sha256_file(path: str | os.PathLike) -> str:
     """The sha256 hex digest of a file (the shard manifest's checksum)."""
     return file_digest(path, "sha256")
+
+
+def sha256_files(paths, threads: int = 4) -> list[str]:
+    """The sha256 hex digests of several files, a few at a time (``hashlib`` releases the GIL while hashing)."""
+    paths = list(paths)
+    if not paths:
+        return []
+    with ThreadPoolExecutor(max_workers=min(threads, len(paths))) as pool:
+        return list(pool.map(sha256_file, paths))

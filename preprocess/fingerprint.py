@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from jjepa.common.atomic import sha256_file
+from jjepa.common.atomic import sha256_files
 from jjepa.common.errors import InputError, JJepaError
 
 log = logging.getLogger(__name__)
 
 #: The keys of a fingerprint record.
 KEYS: tuple[str, ...] = ("path", "size", "mtime_ns", "sha256")
-_HASH_THREADS = 4
 
 
 def _stat(path: str) -> tuple[str, int, int]:
@@ -69,8 +67,7 @@ def fingerprints(paths, known: list[dict] | None = None) -> list[dict]:
             to_hash.append(i)
     if to_hash:
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(to_hash))) as pool:
-            digests = list(pool.map(lambda i: sha256_file(stats[i][0]), to_hash))
+        digests = sha256_files(stats[i][0] for i in to_hash)
         n_bytes = sum(stats[i][1] for i in to_hash)
         log.info("fingerprinted %d input file(s), %.1f MB, in %.1f s", len(to_hash), n_bytes / 1e6,
                  time.perf_counter() - started)

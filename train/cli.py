@@ -99,6 +99,8 @@ _P = PretrainConfig
 @field_option(_P, "seed", help="Seeds init, reading order and masks.", type=int)
 @field_option(_P, "stop_after", help="Stop (with a checkpoint) after this step; the schedules still run to --steps.",
               type=int)
+@field_option(_P, "keep_checkpoints", type=int,
+              help="Also keep the last N checkpoints as checkpoints/step-<step>.pt (0: last.pt only).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any config field, e.g. --set model.depth=4 --set log_every=10 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt.")
@@ -191,18 +193,26 @@ def _finetune_layers(config_file, overrides, **cli) -> list[dict]:
 @field_option(_F, "label_fraction", help="Share of the training jets used (stratified).", type=float)
 @field_option(_F, "n_labels", help="Number of training jets used (stratified).", type=int)
 @field_option(_F, "seed", help="Seeds the label subset, the head and the order.", type=int)
-@reports_errors
-def finetune(config_file, overrides, progress, out, **cli) -> None:
+@field_option(_F, "compile", "--compile/--no-compile", help="torch.compile the classifier.")
+@field_option(_F, "stop_after", help="Stop (with checkpoints/last.pt) after this step; continue with --resume.",
+              type=int)
+@click.option("--resume", is_flag=True, help="Continue the unfinished run of OUT/checkpoints/last.pt exactly.")
+@reports_errors(interrupted="interrupted; the checkpoint is saved, continue with --resume")
+def finetune(config_file, overrides, progress, out, resume, **cli) -> None:
     """Finetune a tagger on the pretrained encoder; report test-set metrics of the best-validation model.
 
     \b
     jjepa-train finetune --train S/train --val S/val --test S/test --checkpoint runs/pretrain/checkpoints/last.pt \\
         --mode finetune --label-fraction 0.01 --seed 0 --out runs/ft-1pc
+    jjepa-train finetune ... --out runs/ft-1pc --resume
+    torchrun --nproc-per-node 8 -m jjepa.train finetune ...
     """
     from jjepa.train.runners.finetune import finetune as run_finetune
 
     config = resolve_finetune_config(*_finetune_layers(config_file, overrides, out=out, **cli))
-    click.echo(json.dumps(run_finetune(config, progress=progress)))
+    metrics = run_finetune(config, progress=progress, resume=resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(metrics))
 
 
 def _list(value: str, kind):
@@ -295,7 +305,8 @@ def predict(checkpoint, data, out, batch_size, device, progress) -> None:
 @reports_errors
 def export(checkpoint, out, data, check_jets) -> None:
     """Export a finetuned tagger as ONNX (dynamic batch) taking the shard arrays particles, particle_mask,
-    subjets, subjet_mask, with the input transform inside the graph; plus a JSON description.
+    subjets, subjet_mask (and jets for a ParT tagger, mode part), with the input transform inside the graph;
+    plus a JSON description.
 
     \b
     jjepa-train export --checkpoint runs/ft/checkpoints/best.pt --out tagger.onnx --data shards/test

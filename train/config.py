@@ -107,7 +107,7 @@ PRESETS: dict[str, ModelConfig] = {
 #: is executed, logged and validated, never what it trains. Every other field must match.
 RESUMABLE_CHANGES: frozenset[str] = frozenset({
     "out", "val", "stop_after", "prefetch", "log_every", "val_every", "val_batches", "checkpoint_every",
-    "collapse_std", "collapse_rank", "device", "precision", "compile", "verify_shards", "preset",
+    "collapse_std", "collapse_rank", "device", "precision", "compile", "verify_shards", "preset", "keep_checkpoints",
 })
 
 
@@ -151,6 +151,8 @@ class PretrainConfig:
         val_every: steps between validation losses (0: only at the end).
         val_batches: batches per validation (None: the whole of ``val``).
         checkpoint_every: steps between checkpoints (always one at the end).
+        keep_checkpoints: also keep the last N checkpoints as ``checkpoints/step-<step>.pt`` (older ones are
+            deleted as new ones are written); 0 keeps ``last.pt`` only.
         collapse_std: warn when the target representation's batch std falls below this.
         collapse_rank: warn when its effective rank falls below this.
         seed: seeds the initialisation, the reading order and the masks.
@@ -190,6 +192,7 @@ class PretrainConfig:
     val_every: int = 1000
     val_batches: int | None = 50
     checkpoint_every: int = 1000
+    keep_checkpoints: int = 0
     collapse_std: float = 1e-2
     collapse_rank: float = 2.0
     seed: int = 0
@@ -209,6 +212,8 @@ class PretrainConfig:
         for name in positive + (("steps",) if self.steps is not None else ("epochs",)):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ConfigError(f"keep_checkpoints must be 0 (last.pt only) or positive, not {self.keep_checkpoints}")
         _check_learning_rate(self.lr, self.final_lr)
         if not 0 < self.mask_fraction < 1:
             raise ConfigError(f"mask_fraction must be in (0, 1), not {self.mask_fraction}")
@@ -397,6 +402,12 @@ class PartConfig:
 MODES: tuple[str, ...] = ("finetune", "freeze", "scratch", "part")
 AGGREGATIONS: tuple[str, ...] = ("flatten", "cls_attn")
 ENCODERS: tuple[str, ...] = ("target", "context")
+#: Finetuning fields that may differ from the checkpoint's on ``--resume`` (as ``RESUMABLE_CHANGES``):
+#: where and how the run executes and how its final figures are resampled, never what it trains.
+FINETUNE_RESUMABLE_CHANGES: frozenset[str] = frozenset({
+    "out", "stop_after", "prefetch", "checkpoint_every", "device", "precision", "compile", "verify_shards",
+    "bootstrap_resamples",
+})
 
 
 @dataclass(frozen=True)
@@ -426,7 +437,7 @@ class FinetuneConfig:
         n_labels: number of training jets used instead (stratified); at most one of the two.
         epochs: passes over the (reduced) training set; at least ``min_steps`` steps are taken.
         min_steps: lower bound on the steps, so tiny label sets still train.
-        batch_size: jets per step.
+        batch_size: jets per step and per process (under ``torchrun`` each rank reads its share).
         lr: peak learning rate of the head; the encoder's is ``lr × encoder_lr_scale``.
         encoder_lr_scale: encoder learning rate relative to the head's (``finetune`` mode).
         final_lr: learning rate at the last step (cosine).
@@ -446,6 +457,11 @@ class FinetuneConfig:
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 on CUDA, fp32 on the CPU), ``bf16``, ``fp16`` (gradient scaler) or
             ``fp32``; evaluation metrics are always computed from fp32 logits.
+        compile: wrap the classifier in ``torch.compile`` for the training and evaluation passes.
+        stop_after: stop (with ``checkpoints/last.pt``) after this step although the schedules run to the
+            full length: for jobs with a wall-time limit, continued with ``--resume``.
+        checkpoint_every: steps between ``checkpoints/last.pt`` (also written on Ctrl-C, SIGTERM and
+            ``stop_after``; removed when the run finishes, leaving ``best.pt``).
         verify_shards: check every shard's sha256 against its manifest first (see ``PretrainConfig``).
     """
 
@@ -482,6 +498,9 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False
+    stop_after: int | None = None
+    checkpoint_every: int = 1000
     verify_shards: bool = True
 
     def __post_init__(self):
@@ -499,7 +518,10 @@ class FinetuneConfig:
             raise ConfigError(f"min_subjets must be 0 (keep every jet) or positive, not {self.min_subjets}")
         if self.n_labels is not None and self.n_labels < 1:
             raise ConfigError(f"n_labels must be positive, not {self.n_labels}")
-        for name in ("epochs", "batch_size", "block_size", "prefetch", "patience", "bootstrap_resamples"):
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ConfigError(f"stop_after must be a positive step, not {self.stop_after}")
+        for name in ("epochs", "batch_size", "block_size", "prefetch", "patience", "bootstrap_resamples",
+                     "checkpoint_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if self.mode == "part" and self.preset is not None:

@@ -132,10 +132,10 @@ def test_resume_of_unchanged_inputs_does_not_hash_them_again(jetclass_file, tmp_
     fp = read_manifest(out).plan["inputs"][0]
     assert fp["size"] == jetclass_file.stat().st_size and len(fp["sha256"]) == 64
 
-    def no_hashing(path):
-        raise AssertionError(f"{path} was hashed again")
+    def no_hashing(paths):
+        raise AssertionError(f"{list(paths)} was hashed again")
 
-    monkeypatch.setattr(fingerprint, "sha256_file", no_hashing)
+    monkeypatch.setattr(fingerprint, "sha256_files", no_hashing)
     (out / "shard-00001.h5").unlink()
     assert cluster([jetclass_file], out, "--resume").exit_code == 0
     assert len(read_manifest(out).shards) == 3

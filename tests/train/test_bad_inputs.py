@@ -244,8 +244,14 @@ def test_a_missing_shard_is_named(tmp_path):
 def test_verified_shards_are_remembered_until_they_change(tmp_path, monkeypatch):
     data = toy_folder(tmp_path / "data", n_shards=3)
     calls = []
-    real = integrity.sha256_file
-    monkeypatch.setattr(integrity, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = integrity.sha256_files
+
+    def counted(paths):
+        paths = list(paths)
+        calls.extend(paths)
+        return real(paths)
+
+    monkeypatch.setattr(integrity, "sha256_files", counted)
     ShardSet(data)
     assert len(calls) == 3
     ShardSet(data)

@@ -62,6 +62,13 @@ def test_unit_weights_match_the_multiclass_headline_figures():
     assert figures.auc[0] == pytest.approx(point["auc"], rel=1e-12)
     assert 1 / figures.background_efficiency["50"][0] == pytest.approx(point["rej_at_50"], rel=1e-12)
     assert figures.accuracy[0] == pytest.approx(point["accuracy"])
+    for name in ("Wqq", "Tbqq"):  # the ParT paper's per-class figures: X against the background alone
+        for suffix in ("50", "30"):
+            assert 1 / figures.per_class[name][suffix][0] == pytest.approx(point[f"rej_at_{suffix}_{name}"], rel=1e-12)
+    with_intervals = metrics_with_intervals(labels, probs, classes, n_resamples=100)
+    low, high = with_intervals["rej_at_50_Tbqq_ci"]
+    assert low < with_intervals["rej_at_50_Tbqq"] < high
+    assert with_intervals["n_background_pass_at_50_Tbqq"] > 0 and not with_intervals["rej_at_50_Tbqq_lower_bound"]
 
 
 def test_resampling_is_class_stratified_and_seeded():

@@ -13,7 +13,13 @@ from jjepa.common.errors import JJepaError
 from jjepa.common.testing import write_toy_shards
 from jjepa.train.cli import main as cli
 from jjepa.train.config import ConfigError, PartConfig, resolve_finetune_config
-from jjepa.train.data.part_inputs import CLIP, FEATURE_NAMES, STANDARDISATION, part_inputs
+from jjepa.train.data.part_inputs import FEATURE_NAMES, part_inputs
+
+#: ParT's published input standardisation (the ParT repository's data configs, e.g. ``JetClass_kin.yaml``),
+#: written out here rather than imported, so a wrong constant in the module fails the test:
+#: (shift, scale) per feature in FEATURE_NAMES order, None for raw; every feature clipped to ±5.
+STANDARDISATION = ((1.7, 0.7), (2.0, 0.7), (-4.7, 0.7), (-4.7, 0.7), (0.2, 4.0), None, None)
+CLIP = 5.0
 
 S, N = 10, 12  # small jets, as the toy fixtures of conftest.py
 #: A CPU-sized ParT: trains in seconds.
@@ -159,3 +165,18 @@ def test_scan_and_evaluate_treat_part_as_one_more_mode(toy_train, toy_val, toy_t
     assert result.exit_code == 0, result.output
     assert "part" in json.loads((report / "metrics.json").read_text())
     assert "| part |" in (report / "comparison.md").read_text()
+
+
+def test_the_classification_layer_gives_fp32_logits_under_bf16_autocast():
+    """bf16 logits tie in the high-purity tail where 1/εB at εS = 0.3 is read; the head must run in fp32."""
+    from jjepa.train.model.part import PartTagger
+
+    torch.manual_seed(0)
+    jets = [_hand_built_jet(1.0, 0.0), _hand_built_jet(3.0, -1.2)]
+    batch = [torch.from_numpy(np.stack([j[1][i] for j in jets])) for i in range(3)]
+    inputs = part_inputs(batch[0].float(), batch[1], batch[2].float(), max_particles=8)
+    model = PartTagger(PartConfig(embed_dim=16, pair_embed_dim=8, num_heads=2, num_layers=1, num_cls_layers=1), 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.eval()(inputs)
+    assert logits.dtype == torch.float32
+

@@ -15,18 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from jjepa.common.atomic import sha256_file, write_json_atomic
+from jjepa.common.atomic import sha256_files, write_json_atomic
 from jjepa.common.errors import ShardError
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "JJEPA_CACHE_DIR"
 CACHE_NAME = "verified-shards.json"
-#: Threads that hash files at once (``hashlib`` releases the GIL while it hashes a buffer).
-_HASH_THREADS = 4
 
 
 def cache_file() -> Path:
@@ -72,12 +69,13 @@ def verify_shards(paths: list[Path], expected: list[str], cache: Path | None = N
     size = sum(Path(paths[i]).stat().st_size for i in todo)
     log.info("verifying the sha256 of %d shard(s) (%.1f GB; remembered afterwards, --no-verify-shards skips it)",
              len(todo), size / 1e9)
-    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, len(todo))) as pool:
-        digests = list(pool.map(lambda i: sha256_file(paths[i]), todo))
+    before = [_stamp(Path(paths[i]), expected[i]) for i in todo]
+    digests = sha256_files(paths[i] for i in todo)
     bad = [i for i, digest in zip(todo, digests, strict=True) if digest != expected[i]]
-    for i, digest in zip(todo, digests, strict=True):
-        if digest == expected[i]:
-            entries[keys[i]] = _stamp(Path(paths[i]), expected[i])
+    for i, digest, stamp in zip(todo, digests, before, strict=True):
+        # Remembered only if the file did not change while it was read (same size and mtime after).
+        if digest == expected[i] and _stamp(Path(paths[i]), expected[i]) == stamp:
+            entries[keys[i]] = stamp
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cache, entries)

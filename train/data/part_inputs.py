@@ -12,6 +12,15 @@ the standardisation of ParT's published data configs, ``(x − shift)·scale`` c
 with Δφ = 2·asin(sin(Δφ/2)), exact since |Δφ| ≤ π. The pair features (ln Δ, ln kT, ln z, ln m²) come from
 four-vectors (px, py, pz, E) [GeV]: η = η_jet + Δη, φ = Δφ (the frame rotated so the jet axis has φ = 0;
 the pair features do not depend on φ's origin), E as stored. Padded positions are exactly 0 everywhere.
+
+Every op here is one that ``torch.onnx.export(..., dynamo=False)`` traces and ONNX Runtime runs, so
+``jjepa-train export`` puts this function inside the graph: the pT ordering is a ``topk`` over keys made
+unique by the slot index (the order of a stable descending sort; a stable ``argsort`` does not export),
+ΔR is ``sqrt(Δη² + Δφ²)`` (``hypot`` does not export). The four-vectors are computed in float64 from
+exact identities (cos Δφ = 1 − 2s², sin Δφ = 2s·sqrt(1 − s²) with s = sin(Δφ/2); sinh η from exp) and
+rounded to float32 once: ln m² of two nearly collinear constituents amplifies a last-bit difference of
+pz a thousandfold, so a float32 ``sinh``, whose last bit differs between PyTorch and ONNX Runtime, moved
+exported probabilities by ~1e-4; these four-vectors are bit-identical in both.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jjepa.common.errors import JJepaError
 
 #: The 7 input features, in the order of ``PartInputs.features``' channel axis.
 FEATURE_NAMES: tuple[str, ...] = ("log_pt", "log_e", "log_pt_rel", "log_e_rel", "delta_r", "delta_eta", "delta_phi")
@@ -29,6 +39,11 @@ STANDARDISATION: tuple[tuple[float, float] | None, ...] = ((1.7, 0.7), (2.0, 0.7
 CLIP = 5.0
 #: Smallest pT or E [GeV] the logarithm sees; real constituents are far above it.
 _LOG_FLOOR = 1e-6
+#: Slot-index tie-break of the sort keys: key = pT·(1 − index·_TIE_STEP), float64. Distinct float32 pT differ
+#: by a factor ≥ 1 + 2⁻²⁴, so the keys keep the pT order and equal pT fall in slot order as long as
+#: S·N·_TIE_STEP ≪ 2⁻²⁴, i.e. S·N < _MAX_SLOTS.
+_TIE_STEP = 2.0**-44
+_MAX_SLOTS = 2**19
 
 
 @dataclass
@@ -59,27 +74,47 @@ def part_inputs(particles: torch.Tensor, particle_mask: torch.Tensor, jets: torc
     batch = particles.shape[0]
     flat = particles.reshape(batch, -1, 4).float()
     real = particle_mask.reshape(batch, -1)
-    keep = min(max_particles, flat.shape[1])
-    order = torch.where(real, flat[..., 0], -1.0).argsort(dim=1, descending=True, stable=True)[:, :keep]
+    n_slots = flat.shape[1]
+    if n_slots >= _MAX_SLOTS:
+        raise JJepaError(f"{n_slots} constituent slots per jet (S·N): ParT's inputs handle fewer than {_MAX_SLOTS}")
+    keep = min(max_particles, n_slots)
+    slot = torch.arange(n_slots, dtype=torch.float64, device=flat.device)
+    key = torch.where(real, flat[..., 0].clamp_min(_LOG_FLOOR), -1.0).double() * (1.0 - slot * _TIE_STEP)
+    order = key.topk(keep, dim=1, largest=True, sorted=True).indices  # = a stable descending argsort's first keep
     flat = flat.gather(1, order.unsqueeze(-1).expand(-1, -1, 4))
     mask = real.gather(1, order)
     pt, deta, sdphi, energy = flat.unbind(-1)
     dphi = 2.0 * torch.asin(sdphi.clamp(-1.0, 1.0))
-    jet_pt, jet_eta, jet_energy = (jets[:, i:i + 1].float() for i in (0, 1, 3))
+    jet_pt, jet_energy = (jets[:, i:i + 1].float() for i in (0, 3))
+    jet_eta = jets[:, 1:2].double()
     log_pt = torch.log(pt.clamp_min(_LOG_FLOOR))
     log_e = torch.log(energy.clamp_min(_LOG_FLOOR))
     raw = (log_pt, log_e, log_pt - torch.log(jet_pt.clamp_min(_LOG_FLOOR)),
-           log_e - torch.log(jet_energy.clamp_min(_LOG_FLOOR)), torch.hypot(deta, dphi), deta, dphi)
+           log_e - torch.log(jet_energy.clamp_min(_LOG_FLOOR)), torch.sqrt(deta * deta + dphi * dphi), deta, dphi)
     features = torch.stack([x if norm is None else ((x - norm[0]) * norm[1]).clamp(-CLIP, CLIP)
                             for x, norm in zip(raw, STANDARDISATION, strict=True)], dim=1)
-    eta = jet_eta + deta
-    vectors = torch.stack([pt * torch.cos(dphi), pt * torch.sin(dphi), pt * torch.sinh(eta), energy], dim=1)
+    vectors = _four_vectors(pt, sdphi, jet_eta + deta.double(), energy)
     if keep < max_particles:
         pad = (0, max_particles - keep)
         features, vectors = torch.nn.functional.pad(features, pad), torch.nn.functional.pad(vectors, pad)
         mask = torch.nn.functional.pad(mask, pad, value=False)
     mask = mask.unsqueeze(1)
     return PartInputs(features=torch.where(mask, features, 0.0), vectors=torch.where(mask, vectors, 0.0), mask=mask)
+
+
+def _four_vectors(pt: torch.Tensor, sin_half_dphi: torch.Tensor, eta: torch.Tensor,
+                  energy: torch.Tensor) -> torch.Tensor:
+    """(B, 4, P) float32 (px, py, pz, E) [GeV] from pT [GeV], sin(Δφ/2), η (float64) and E [GeV], each (B, P).
+
+    Computed in float64 from correctly rounded ops and ``exp`` (cos Δφ = 1 − 2s², sin Δφ = 2s·√(1 − s²),
+    sinh η = (e^η − e^−η)/2), then rounded once to float32: PyTorch's and ONNX Runtime's ``exp`` differ at
+    most in float64's last bit, which that rounding hides, so both give the same float32 four-vectors.
+    """
+    pt64, s = pt.double(), sin_half_dphi.double().clamp(-1.0, 1.0)
+    px = pt64 * (1.0 - 2.0 * s * s)
+    py = 2.0 * pt64 * s * torch.sqrt(1.0 - s * s)
+    pz = pt64 * (0.5 * (torch.exp(eta) - torch.exp(-eta)))
+    return torch.stack([px.float(), py.float(), pz.float(), energy], dim=1)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 A checkpoint is one ``torch.save`` file written atomically (temporary name, then rename), holding
 plain tensors and Python values only, so ``torch.load(weights_only=True)`` reads it. Its contents
-are defined once, by :class:`PretrainCheckpoint` (``last.pt`` of a pretraining run) and
-:class:`FinetuneCheckpoint` (``best.pt`` of a finetuning run); the runners build their checkpoints
+are defined once, by :class:`PretrainCheckpoint` (``last.pt`` of a pretraining run),
+:class:`FinetuneCheckpoint` (``best.pt`` of a finetuning run) and :class:`FinetuneRunCheckpoint`
+(``last.pt`` of a finetuning run in progress, for ``--resume``); the runners build their checkpoints
 with these types and :func:`load_checkpoint` checks a file against them, so one given where the other
 belongs is a one-line error rather than a ``TypeError`` deep in the config code.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -49,10 +51,40 @@ class FinetuneCheckpoint(TypedDict):
     val_loss: float
 
 
+class FinetuneRunCheckpoint(TypedDict):
+    """``last.pt`` of a finetuning run in progress: enough to continue it bit-exactly (``--resume``).
+
+    Holds the current weights and the best-validation ones, so the run's ``best.pt`` and figures come
+    out as an uninterrupted run's. Deleted when the run finishes.
+    """
+
+    config: dict[str, Any]  # the resolved FinetuneConfig, with the model and transform used
+    model: dict[str, Any]  # state dict of the classifier now
+    buffers: dict[str, Any]  # its non-persistent buffers, absent from the state dict (ParT's trimming warm-up count)
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]  # the fp16 gradient scaler's state; empty without one
+    step: int  # optimizer steps done
+    cursor: dict[str, int]  # the loader's position: epoch, offset
+    world_size: int  # processes of the run (the loader's split depends on it)
+    running_loss: list[float]  # per rank, the sum of its training losses since the last validation
+    running_steps: int
+    bad_evals: int  # validations since the best one (early stopping)
+    validated: list[int]  # the steps validated so far
+    best_model: dict[str, Any]  # state dict of the classifier with the best validation loss
+    best_step: int
+    best_val_loss: float
+    done: bool  # training is over (steps reached or early stop); only the final evaluation is left
+    train_seconds: float  # training time so far
+    torch_rng: Any  # the CPU generator state (dropout, ParT's random trimming on the CPU)
+    cuda_rng: Any  # the generator state of the run's CUDA device (rank 0's); None on the CPU
+
+
 #: Each kind of checkpoint: its type, the key that marks it, and where such a checkpoint comes from.
 KINDS: dict[str, tuple[type, str, str]] = {
     "pretrain": (PretrainCheckpoint, "target_encoder", "a pretraining checkpoint (runs/<pretrain>/checkpoints/last.pt)"),
     "finetune": (FinetuneCheckpoint, "classifier", "a finetuning checkpoint (runs/<finetune>/checkpoints/best.pt)"),
+    "finetune_run": (FinetuneRunCheckpoint, "best_model",
+                     "the resume checkpoint of an unfinished finetuning run (runs/<finetune>/checkpoints/last.pt)"),
 }
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -72,7 +104,8 @@ def _no_space(err: BaseException) -> bool:
     return False
 
 
-def save_checkpoint(path: str | os.PathLike, state: PretrainCheckpoint | FinetuneCheckpoint) -> None:
+def save_checkpoint(path: str | os.PathLike,
+                    state: PretrainCheckpoint | FinetuneCheckpoint | FinetuneRunCheckpoint) -> None:
     """Write ``state`` (see the module docstring) to ``path`` atomically.
 
     The file is written through a Python file object (so a failed write keeps its ``errno``), then
@@ -98,7 +131,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
 
     Args:
         path: the checkpoint file.
-        kind: ``pretrain`` or ``finetune`` to insist on that kind (see ``KINDS``); None accepts either.
+        kind: ``pretrain``, ``finetune`` or ``finetune_run`` to insist on that kind (see ``KINDS``); None
+            accepts any.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,3 +156,25 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
 
 #: Keys that checkpoints written by earlier versions may lack (their readers fall back).
 _OPTIONAL: dict[str, set[str]] = {"pretrain": {"scaler", "interval_loss", "interval_steps"}, "finetune": {"cluster"}}
+
+
+def keep_step_copy(last: str | os.PathLike, step: int, keep: int) -> Path | None:
+    """Keep ``last`` (just written at ``step``) also as ``step-<step>.pt`` beside it, and only the newest
+    ``keep`` of those.
+
+    The copy is a hard link where the file system allows it (no extra space; ``last.pt`` is later
+    replaced by rename, which leaves the link's contents alone), else a byte copy, written atomically.
+    Older ``step-*.pt`` files beyond ``keep`` are deleted. Returns the copy's path (None if ``keep`` is 0).
+    """
+    last = Path(last)
+    if keep <= 0:
+        return None
+    copy = last.with_name(f"step-{step:09d}.pt")  # zero-padded: the name order is the step order
+    with atomic_path(copy) as tmp:
+        try:
+            os.link(last, tmp)
+        except OSError:
+            shutil.copyfile(last, tmp)
+    for old in sorted(last.parent.glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return copy

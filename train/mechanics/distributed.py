@@ -110,3 +110,33 @@ def mean_over_ranks(value: float, info: DistInfo) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / info.world_size
+
+
+def check_world_size(saved: int, info: DistInfo, path) -> None:
+    """Refuse to resume a checkpoint written by another number of processes, saying how to proceed.
+
+    Each rank reads a contiguous share of every epoch (``rank_share``) and the checkpoint holds one
+    loader position for all of them, the batch size is per process and the masks are seeded by the
+    rank: with another process count the run would re-read some jets, skip others and follow another
+    schedule, so it would not be the run that was started. Raises ``JJepaError`` when ``saved`` differs.
+    """
+    if saved == info.world_size:
+        return
+    launch = "without torchrun (one process)" if saved == 1 else \
+        f"with {saved} processes in all (e.g. torchrun --nproc-per-node {saved} ...)"
+    raise JJepaError(f"cannot resume {path}: it was written by {saved} process(es), this run has {info.world_size}; "
+                     f"the split of the jets over processes and the per-process batch depend on that count. "
+                     f"Relaunch {launch} to continue it, or start a new run with another --out")
+
+
+def gather_objects(value, info: DistInfo) -> list:
+    """``value`` of every rank, in rank order, on every rank (``[value]`` without DDP).
+
+    Pickled through the process group (``all_gather_object``): for arrays of predictions, not for
+    tensors in a training step.
+    """
+    if info.world_size == 1:
+        return [value]
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

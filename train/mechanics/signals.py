@@ -40,7 +40,8 @@ def stop_requests() -> Iterator[threading.Event]:
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # None: a handler installed from C, which Python cannot put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

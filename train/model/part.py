@@ -41,27 +41,63 @@ def _particle_transformer_class():
     return ParticleTransformer
 
 
+class _Fp32Head(nn.Sequential):
+    """weaver's final classification layers, run in fp32 outside autocast (same parameters and keys).
+
+    Under bf16 autocast the logits would keep 8 mantissa bits: scores tie in the high-purity tail where
+    1/εB at εS = 0.3 is read, which would bias the supervised reference against J-JEPA (whose head also
+    runs in fp32).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
 class PartTagger(nn.Module):
-    """ParT over ``PartInputs`` → logits (B, C).
+    """ParT over ``PartInputs`` → logits (B, C), or probabilities (B, C) when built ``for_inference``.
 
     Args:
         config: the size (``PartConfig``).
         n_classes: C.
+        for_inference: weaver's build for export: no sequence trimmer, the pair embedding computed densely
+            with ONNX-exportable ops, and the softmax inside (the output is probabilities). Same weights.
     """
 
-    def __init__(self, config: PartConfig, n_classes: int):
+    def __init__(self, config: PartConfig, n_classes: int, for_inference: bool = False):
         super().__init__()
         particle_transformer = _particle_transformer_class()
+        self.config, self.n_classes, self.for_inference = config, n_classes, for_inference
         d = config.embed_dim
         self.net = particle_transformer(
             input_dim=len(FEATURE_NAMES), num_classes=n_classes, pair_input_dim=PAIR_FEATURES,
             use_pre_activation_pair=False, embed_dims=[d, 4 * d, d], pair_embed_dims=[config.pair_embed_dim] * 3,
             num_heads=config.num_heads, num_layers=config.num_layers, num_cls_layers=config.num_cls_layers,
             block_params=None, cls_block_params={"dropout": 0, "attn_dropout": 0, "activation_dropout": 0},
-            fc_params=[], activation="gelu", trim=True, for_inference=False)
+            fc_params=[], activation="gelu", trim=True, for_inference=for_inference)
+        self.net.fc.__class__ = _Fp32Head  # the same Sequential, its forward in fp32
         log.info("ParT: %d parameters (embed %d, pair embed %d, %d heads, %d + %d blocks)",
                  sum(p.numel() for p in self.parameters()), d, config.pair_embed_dim, config.num_heads,
                  config.num_layers, config.num_cls_layers)
 
     def forward(self, inputs: PartInputs) -> torch.Tensor:
         return self.net(inputs.features, v=inputs.vectors, mask=inputs.mask)
+
+    def settle(self) -> PartTagger:
+        """Mark weaver's sequence trimmer past its warm-up, as it is in a trained model; return self.
+
+        In eval mode the trimmer cuts each batch to its longest jet, but only after its first few calls
+        (a counter that is not in the state dict). A model rebuilt from a checkpoint thus scores its
+        first batches untrimmed, which moves probabilities by ~1e-7; settled, it computes exactly what
+        finetuning's test predictions computed with the same batches.
+        """
+        trimmer = self.net.trimmer
+        if trimmer.enabled:
+            trimmer._counter.fill_(trimmer.warmup_steps)
+        return self
+
+    def for_export(self) -> PartTagger:
+        """A ``for_inference`` copy with these weights, in eval mode: what ``jjepa-train export`` traces."""
+        twin = PartTagger(self.config, self.n_classes, for_inference=True)
+        twin.load_state_dict(self.state_dict())
+        return twin.eval()

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from jjepa.train.report.metrics import WORKING_POINTS, background_index, tagging_metrics
+from jjepa.train.report.metrics import WORKING_POINTS, background_index, pair_score, tagging_metrics
 
 #: The 68 % interval's percentiles; the 95 % one's.
 PERCENTILES_68: tuple[float, float] = (15.865, 84.135)
@@ -46,12 +46,15 @@ _CHUNK_ELEMENTS = 20_000_000
 class ResampledFigures:
     """Figures of one tagger over R resamples of the test jets, each (R,) float64.
 
-    ``background_efficiency`` maps a working-point suffix (``"50"``, ``"30"``) to εB at that εS.
+    ``background_efficiency`` maps a working-point suffix (``"50"``, ``"30"``) to εB at that εS;
+    ``per_class`` (more than two classes) maps each signal class X to the same for X against the
+    background alone, ranked by p_X / (p_X + p_bkg), the ParT paper's per-class figures.
     """
 
     accuracy: np.ndarray
     auc: np.ndarray
     background_efficiency: dict[str, np.ndarray]
+    per_class: dict[str, dict[str, np.ndarray]]
 
 
 def stratified_weights(labels: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
@@ -141,13 +144,54 @@ def _efficiencies(signal: np.ndarray, background: np.ndarray, efficiencies: Sequ
     return results
 
 
+class PreparedTagger:
+    """A tagger's test-set scores sorted once for every ROC its figures read (built once, resampled many times).
+
+    Args:
+        labels: (J,) int in [0, C).
+        probs: (J, C) float class probabilities.
+        classes: the C class names.
+    """
+
+    def __init__(self, labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]):
+        labels = np.asarray(labels)
+        probs = np.asarray(probs, dtype=np.float64)
+        bkg = background_index(classes)
+        self.correct = probs.argmax(axis=1) == labels
+        if len(classes) == 2:
+            self.headline = RocOrder(labels != bkg, probs[:, 1 - bkg])
+            self.auc_orders: list[RocOrder] = []
+            self.pairs: dict[str, tuple[RocOrder, np.ndarray]] = {}
+        else:
+            self.headline = RocOrder(labels != bkg, 1.0 - probs[:, bkg])
+            self.auc_orders = [RocOrder(labels == k, probs[:, k]) for k in range(len(classes))]
+            self.pairs = {name: (RocOrder(labels == k, pair_score(probs[:, k], probs[:, bkg])),
+                                 (labels == k) | (labels == bkg))
+                          for k, name in enumerate(classes) if k != bkg}
+
+    def figures(self, weights: np.ndarray) -> ResampledFigures:
+        """The figures under each row of ``weights`` (r, J); all ones: the point estimates."""
+        weights = np.asarray(weights)
+        accuracy = (weights * self.correct).sum(axis=1) / weights.sum(axis=1).astype(np.float64)
+        counts = self.headline.cumulative(weights)
+        auc = (np.mean([order.auc(weights) for order in self.auc_orders], axis=0) if self.auc_orders
+               else _auc(*counts))
+        efficiencies = list(WORKING_POINTS.values())
+        per_class = {name: dict(zip(WORKING_POINTS, order.background_efficiency(weights * members, efficiencies),
+                                    strict=True))
+                     for name, (order, members) in self.pairs.items()}
+        return ResampledFigures(accuracy, auc, dict(zip(WORKING_POINTS, _efficiencies(*counts, efficiencies),
+                                                        strict=True)), per_class)
+
+
 def resampled_figures(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
                       weights: np.ndarray) -> ResampledFigures:
     """The headline figures of a tagger under each row of ``weights`` (r, J).
 
     The same definitions as :func:`~jjepa.train.report.metrics.tagging_metrics`: accuracy of the argmax;
     with two classes the AUC and rejections of the signal probability; with more, the macro
-    one-vs-rest AUC and the rejections of "any signal class vs the background" ranked by 1 − p_bkg.
+    one-vs-rest AUC, the rejections of "any signal class vs the background" ranked by 1 − p_bkg, and
+    per signal class those of X against the background.
 
     Args:
         labels: (J,) int in [0, C).
@@ -155,29 +199,19 @@ def resampled_figures(labels: np.ndarray, probs: np.ndarray, classes: Sequence[s
         classes: the C class names.
         weights: (r, J) bootstrap weights (all ones: the point estimate).
     """
-    labels = np.asarray(labels)
-    probs = np.asarray(probs, dtype=np.float64)
-    weights = np.asarray(weights)
-    n = weights.sum(axis=1).astype(np.float64)
-    accuracy = (weights * (probs.argmax(axis=1) == labels)).sum(axis=1) / n
-    bkg = background_index(classes)
-    if len(classes) == 2:
-        counts = RocOrder(labels != bkg, probs[:, 1 - bkg]).cumulative(weights)
-        auc = _auc(*counts)
-    else:
-        auc = np.mean([RocOrder(labels == k, probs[:, k]).auc(weights) for k in range(len(classes))], axis=0)
-        counts = RocOrder(labels != bkg, 1.0 - probs[:, bkg]).cumulative(weights)
-    efficiencies = _efficiencies(*counts, list(WORKING_POINTS.values()))
-    return ResampledFigures(accuracy, auc, dict(zip(WORKING_POINTS, efficiencies, strict=True)))
+    return PreparedTagger(labels, probs, classes).figures(weights)
 
 
 def bootstrap_figures(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
                       n_resamples: int, seed: int) -> ResampledFigures:
-    """:func:`resampled_figures` over ``n_resamples`` class-stratified resamples (seeded), concatenated."""
-    parts = [resampled_figures(labels, probs, classes, w) for w in stratified_weights(labels, n_resamples, seed)]
+    """The figures over ``n_resamples`` class-stratified resamples (seeded), concatenated; one sort per ROC."""
+    tagger = PreparedTagger(labels, probs, classes)
+    parts = [tagger.figures(w) for w in stratified_weights(labels, n_resamples, seed)]
     return ResampledFigures(
         np.concatenate([p.accuracy for p in parts]), np.concatenate([p.auc for p in parts]),
-        {k: np.concatenate([p.background_efficiency[k] for p in parts]) for k in WORKING_POINTS})
+        {k: np.concatenate([p.background_efficiency[k] for p in parts]) for k in WORKING_POINTS},
+        {name: {k: np.concatenate([p.per_class[name][k] for p in parts]) for k in WORKING_POINTS}
+         for name in parts[0].per_class})
 
 
 def metrics_with_intervals(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
@@ -204,18 +238,21 @@ def metrics_with_intervals(labels: np.ndarray, probs: np.ndarray, classes: Seque
     n_background = int((labels == bkg).sum())
     metrics["n_test_signal"] = int(len(labels) - n_background)
     metrics["n_test_background"] = n_background
-    passing = _background_passing(labels, probs, classes)
+    tagger = PreparedTagger(labels, probs, classes)
     figures = bootstrap_figures(labels, probs, classes, n_resamples, seed)
     metrics["accuracy_ci"] = _interval(figures.accuracy)
     metrics["auc_ci"] = _interval(figures.auc)
-    for suffix in WORKING_POINTS:
-        low, high = _interval(figures.background_efficiency[suffix])
-        metrics[f"rej_at_{suffix}_ci"] = [_rejection(high), _rejection(low)]
-        metrics[f"n_background_pass_at_{suffix}"] = passing[suffix]
-        bound = passing[suffix] == 0
-        metrics[f"rej_at_{suffix}_lower_bound"] = bound
-        if bound:
-            metrics[f"rej_at_{suffix}"] = n_background / ZERO_COUNT_LIMIT_68
+    ranked = {"": (figures.background_efficiency, tagger.headline, None)}
+    ranked.update({f"_{name}": (figures.per_class[name], *tagger.pairs[name]) for name in figures.per_class})
+    for tail, (resampled, order, members) in ranked.items():
+        for suffix, efficiency in WORKING_POINTS.items():
+            low, high = _interval(resampled[suffix])
+            passing = _background_passing(order, efficiency, members)
+            metrics[f"rej_at_{suffix}{tail}_ci"] = [_rejection(high), _rejection(low)]
+            metrics[f"n_background_pass_at_{suffix}{tail}"] = passing
+            metrics[f"rej_at_{suffix}{tail}_lower_bound"] = passing == 0
+            if passing == 0:
+                metrics[f"rej_at_{suffix}{tail}"] = n_background / ZERO_COUNT_LIMIT_68
     metrics["bootstrap_resamples"] = int(n_resamples)
     return metrics
 
@@ -241,10 +278,13 @@ def paired_deltas(labels: np.ndarray, classes: Sequence[str], probs_a: Sequence[
     floor = 0.5 / max(1, int((labels == background_index(classes)).sum()))
     n_seeds = len(probs_a)
 
+    taggers = [(PreparedTagger(labels, a, classes), PreparedTagger(labels, b, classes))
+               for a, b in zip(probs_a, probs_b, strict=True)]
+
     def statistics(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         auc, log_ratio = [], []
-        for a, b in zip(probs_a, probs_b, strict=True):
-            fa, fb = (resampled_figures(labels, p, classes, weights) for p in (a, b))
+        for tagger_a, tagger_b in taggers:
+            fa, fb = tagger_a.figures(weights), tagger_b.figures(weights)
             auc.append(fa.auc - fb.auc)
             log_ratio.append(np.log(np.maximum(fb.background_efficiency["50"], floor))
                              - np.log(np.maximum(fa.background_efficiency["50"], floor)))
@@ -271,15 +311,12 @@ def paired_deltas(labels: np.ndarray, classes: Sequence[str], probs_a: Sequence[
     }
 
 
-def _background_passing(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
-    """Background jets at or above the score where εS first reaches each working point (unit weights)."""
-    bkg = background_index(classes)
-    probs = np.asarray(probs, dtype=np.float64)
-    score = probs[:, 1 - bkg] if len(classes) == 2 else 1.0 - probs[:, bkg]
-    signal, background = RocOrder(labels != bkg, score).cumulative(np.ones((1, len(labels)), dtype=np.int32))
-    tpr, passed = signal[0] / signal[0, -1], background[0]
-    return {suffix: int(passed[int(np.searchsorted(tpr, efficiency, side="left"))])
-            for suffix, efficiency in WORKING_POINTS.items()}
+def _background_passing(order: RocOrder, efficiency: float, members: np.ndarray | None) -> int:
+    """Background jets at or above the score where εS first reaches ``efficiency`` (unit weights;
+    ``members``: only those jets take part)."""
+    weights = np.ones((1, len(order.order)), dtype=np.int32)
+    signal, background = order.cumulative(weights if members is None else weights * members)
+    return int(background[0, int(np.searchsorted(signal[0] / signal[0, -1], efficiency, side="left"))])
 
 
 def _efficiency_at(tpr: np.ndarray, fpr: np.ndarray, efficiency: float, above: np.ndarray) -> np.ndarray:

@@ -262,7 +262,7 @@ def _signal_pairs(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str],
     for signal, name in enumerate(classes):
         if signal != bkg:
             keep = (labels == signal) | (labels == bkg)
-            yield name, (labels[keep] == signal).astype(np.int64), _pair_score(probs[keep, signal], probs[keep, bkg])
+            yield name, (labels[keep] == signal).astype(np.int64), pair_score(probs[keep, signal], probs[keep, bkg])
 
 
 def write_roc_curves_csv(path: str | Path, curves: Mapping[str, tuple], max_points: int = 1000) -> None:
@@ -290,7 +290,7 @@ def _rejection(background_efficiency: float) -> float:
     return math.inf if background_efficiency <= 0.0 else 1.0 / background_efficiency
 
 
-def _pair_score(p_signal: np.ndarray, p_background: np.ndarray) -> np.ndarray:
+def pair_score(p_signal: np.ndarray, p_background: np.ndarray) -> np.ndarray:
     """p_X / (p_X + p_bkg), 0.5 where both are 0 (float underflow: the jet is neither)."""
     total = p_signal + p_background
     return np.divide(p_signal, total, out=np.full_like(total, 0.5), where=total > 0)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from jjepa.common.atomic import atomic_path
+from jjepa.common.errors import JJepaError
 
 #: The figures summarised; rejections are averaged in log space.
 FIGURES: tuple[str, ...] = ("accuracy", "auc", "rej_at_50", "rej_at_30")
@@ -87,8 +88,12 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["mode"], row["label_fraction"]), []).append(row)
     summary = []
     for (mode, fraction), group in groups.items():
+        counts = [r["n_train_labels"] for r in group]
+        if None in counts:
+            raise JJepaError(f"{mode} at label fraction {fraction:g}: a run without n_train_labels in its "
+                             "metrics.json; rerun that cell (delete its folder and run the scan again)")
         entry = {"mode": mode, "label_fraction": fraction, "n_seeds": len(group),
-                 "n_train_labels": int(np.mean([r["n_train_labels"] for r in group])),
+                 "n_train_labels": int(np.mean(counts)),
                  "n_best_at_edge": sum(bool(r.get("best_at_edge")) for r in group)}
         for key in FIGURES:
             entry.update(_aggregate(key, group))

@@ -77,8 +77,8 @@ def evaluate(scans: list[str | Path], out: str | Path, n_resamples: int = 1000) 
                         for side in ("low", "high")})
         metrics.setdefault(entry["mode"], {})[f"labels_{entry['n_train_labels']}"] = figures
     metrics = json_safe(metrics)
+    paired = paired_comparisons(rows, n_resamples)  # before anything is written: it may fail on a missing run
     write_json_atomic(out / "metrics.json", metrics)
-    paired = paired_comparisons(rows, n_resamples)
     write_rows(out / "paired.csv", paired, PAIRED_COLUMNS)
     with atomic_path(out / "comparison.md") as tmp:
         tmp.write_text(summary_markdown(summary) + "\n" + paired_markdown(paired))
@@ -105,7 +105,8 @@ def paired_comparisons(rows: list[dict], n_resamples: int = 1000) -> list[dict]:
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     table = []
     for baseline in (b for b in BASELINES if b in modes):
-        for mode in (m for m in modes if m != baseline):
+        # A baseline against a later one only (part vs scratch, not also scratch vs part: the same pair inverted).
+        for mode in (m for m in modes if m != baseline and BASELINES.index(baseline) < _rank(m)):
             for fraction in sorted({r["label_fraction"] for r in rows}):
                 seeds = sorted(s for (m, f, s) in cells if m == mode and f == fraction
                                and (baseline, fraction, s) in cells)
@@ -130,6 +131,11 @@ def paired_comparisons(rows: list[dict], n_resamples: int = 1000) -> list[dict]:
     return table
 
 
+def _rank(mode: str) -> int:
+    """Where a mode stands among the baselines (a non-baseline mode after all of them)."""
+    return BASELINES.index(mode) if mode in BASELINES else len(BASELINES)
+
+
 def paired_markdown(paired: list[dict]) -> str:
     """The paired comparisons as a Markdown table, with a legend."""
     if not paired:
@@ -147,6 +153,10 @@ def paired_markdown(paired: list[dict]) -> str:
     lines.append("\nPaired on the same test jets and, seed by seed, the same label subsets: a bootstrap over the "
                  "jets and the seeds. ΔAUC is mode − baseline; the rejection ratio is 1/εB at εS = 0.5 of the mode "
                  "over the baseline's (geometric mean over seeds).\n")
+    if any(r["n_seeds"] < 2 for r in paired):
+        lines.append("\n**One seed:** its interval holds the test-set fluctuations only. Another label subset and "
+                     "initialisation can move a difference by more; run several seeds (`scan --seeds 0,1,2`) before "
+                     "quoting one.\n")
     return "".join(lines)
 
 

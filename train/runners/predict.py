@@ -18,7 +18,12 @@ is written under a temporary name and renamed, so a crash never leaves a partial
 
 The scores are computed exactly as ``finetune`` computes its test predictions (same model in eval
 mode, same input transform, softmax in float64, kept in float64 so that no ties appear near p = 1),
-so scoring the test folder reproduces ``test_predictions.npz`` and the AUC of ``metrics.json``.
+so scoring the test folder reproduces ``test_predictions.npz`` and the AUC of ``metrics.json``. Taggers of
+every finetuning mode are scored: the subjet-transformer classifiers (``finetune``, ``freeze``,
+``scratch``) and the Particle Transformer of ``part`` (its per-particle inputs built from the shards'
+``particles``, ``particle_mask`` and ``jets`` by ``PartFeatures``, as finetuning built them). ParT cuts
+each batch to its longest jet, so its probabilities equal the saved ones exactly at finetuning's batch
+size and within float32 rounding (~1e-6) at another.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +41,14 @@ from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import JJepaError, ShardError
 from jjepa.common.schema import JET_FEATURE_NAMES, config_dict
 from jjepa.common.version import jjepa_version
-from jjepa.train.config import ModelConfig
+from jjepa.train.config import ModelConfig, PartConfig
 from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardLoader, ShardSet
+from jjepa.train.data.part_inputs import PartFeatures, PartInputs
 from jjepa.train.data.transform import InputTransform
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.mechanics.distributed import autocast, resolve_device
 from jjepa.train.model.classifier import JetClassifier
+from jjepa.train.model.part import PartTagger
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,8 @@ JET_COLUMNS: dict[str, int] = {"jet_pt": JET_FEATURE_NAMES.index("pt"), "jet_eta
                                "jet_phi": JET_FEATURE_NAMES.index("phi"), "jet_mass": JET_FEATURE_NAMES.index("mass")}
 #: Modes whose checkpoint holds a ``JetClassifier`` (``jjepa-train finetune``).
 CLASSIFIER_MODES: tuple[str, ...] = ("finetune", "freeze", "scratch")
+#: The mode whose checkpoint holds a ``PartTagger`` (the Particle Transformer baseline).
+PART_MODE = "part"
 #: Name of the TTree in ``.root`` output.
 ROOT_TREE = "jets"
 #: Rows buffered before a Parquet row group or a ROOT basket is written (few, large ones read fast).
@@ -64,44 +73,92 @@ class Tagger:
     """A finetuned tagger rebuilt from its checkpoint alone.
 
     Attributes:
-        model: the classifier, on the CPU, in eval mode.
-        transform: the input transform it was trained with (raw shard features → network inputs).
+        model: the classifier (``JetClassifier``, or ``PartTagger`` in mode ``part``), on the CPU, in eval mode.
+        transform: how it reads a raw shard batch: the ``InputTransform`` it was trained with, or in mode
+            ``part`` the ``PartFeatures`` (sequence length P) that build ParT's per-particle inputs.
         classes: the C class names, index = output column.
-        model_config: its encoder hyperparameters (``n_subjets`` = S and ``n_particles`` = N set).
+        model_config: its encoder hyperparameters (``n_subjets`` = S and ``n_particles`` = N set); None for ParT.
         cluster: the clustering config of its training shards (``algorithm``, ``radius``, …), if recorded.
         checkpoint: where it was read from.
+        mode: the finetuning mode (``finetune``, ``freeze``, ``scratch`` or ``part``).
+        n_subjets: S of the shards it reads.
+        n_particles: N of the shards it reads.
+        part_config: ParT's size in mode ``part``, else None.
+        precision: the autocast precision it was finetuned with; ``predict`` scores with the same, so on
+            the same kind of device the scores equal finetuning's test predictions.
     """
 
-    model: JetClassifier
-    transform: InputTransform
+    model: JetClassifier | PartTagger
+    transform: InputTransform | PartFeatures
     classes: tuple[str, ...]
-    model_config: ModelConfig
+    model_config: ModelConfig | None
     cluster: dict | None
     checkpoint: str
+    mode: str
+    n_subjets: int
+    n_particles: int
+    part_config: PartConfig | None = None
+    precision: str = "auto"
+
+    def inputs(self, batch) -> dict[str, torch.Tensor] | PartInputs:
+        """The network inputs of a raw ``JetBatch`` on the model's device (it holds ``jets`` for ParT)."""
+        if isinstance(self.transform, PartFeatures):
+            return self.transform.from_batch(batch)
+        return self.transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])
 
 
 def load_tagger(checkpoint: str | os.PathLike) -> Tagger:
-    """Rebuild the classifier of a finetuning checkpoint (``runs/…/checkpoints/best.pt``).
+    """Rebuild the tagger of a finetuning checkpoint (``runs/…/checkpoints/best.pt``), of any mode.
 
     Raises:
         JJepaError: the file is not a jjepa checkpoint, or not a finetuned one (e.g. a pretraining
-            checkpoint), or of a mode this command cannot rebuild.
+            checkpoint), or of a mode this command cannot rebuild, or its weights do not fit the
+            architecture it records.
     """
     state = load_checkpoint(checkpoint, kind="finetune")
     config = state["config"]
     mode = config.get("mode", "finetune")
-    if mode not in CLASSIFIER_MODES:
-        raise JJepaError(f"{checkpoint}: a tagger of mode {mode!r}; predict and export handle {list(CLASSIFIER_MODES)}")
-    model_config = ModelConfig(**config["model"])
     classes = tuple(str(c) for c in state["classes"])
+    cluster = state.get("cluster")
+    if mode == PART_MODE:
+        return replace(_part_tagger(checkpoint, state, classes), precision=config.get("precision", "auto"))
+    if mode not in CLASSIFIER_MODES:
+        raise JJepaError(f"{checkpoint}: a tagger of mode {mode!r}; predict and export handle "
+                         f"{[*CLASSIFIER_MODES, PART_MODE]}")
+    model_config = ModelConfig(**config["model"])
     model = JetClassifier(model_config, len(classes), config["aggregation"])
+    _load_weights(model, state, checkpoint)
+    return Tagger(model=model, transform=InputTransform(**config["transform"]), classes=classes,
+                  model_config=model_config, cluster=cluster, checkpoint=str(checkpoint), mode=mode,
+                  n_subjets=model_config.n_subjets, n_particles=model_config.n_particles,
+                  precision=config.get("precision", "auto"))
+
+
+def _part_tagger(checkpoint: str | os.PathLike, state: dict, classes: tuple[str, ...]) -> Tagger:
+    """The ParT tagger of a ``part`` checkpoint: its size from ``config["part"]``, S and N from ``cluster``."""
+    config, cluster = state["config"], state.get("cluster") or {}
+    if not {"n_subjets", "n_particles"} <= cluster.keys() or not config.get("part"):
+        raise JJepaError(f"{checkpoint}: a part tagger that does not record its ParT size and the S, N of its "
+                         "training shards; retrain it with this jjepa version")
+    part_config = PartConfig(**config["part"])
+    n_subjets, n_particles = int(cluster["n_subjets"]), int(cluster["n_particles"])
+    # finetune records the input builder it used as the transform; its sequence length P is the one trained.
+    recorded = (config.get("transform") or {}).get("max_particles")
+    features = PartFeatures(int(recorded or part_config.max_particles or n_subjets * n_particles))
+    model = PartTagger(part_config, len(classes))
+    _load_weights(model, state, checkpoint)
+    return Tagger(model=model.settle(), transform=features, classes=classes, model_config=None, cluster=cluster,
+                  checkpoint=str(checkpoint), mode=PART_MODE, n_subjets=n_subjets, n_particles=n_particles,
+                  part_config=part_config)
+
+
+def _load_weights(model: JetClassifier | PartTagger, state: dict, checkpoint: str | os.PathLike) -> None:
+    """Load ``state["classifier"]`` into ``model`` and put it in eval mode; a one-line error if it does not fit."""
     try:
         model.load_state_dict(state["classifier"])
     except RuntimeError as err:
         raise JJepaError(f"{checkpoint}: the classifier weights do not fit the architecture it records ({err})") from None
     model.eval()
-    return Tagger(model=model, transform=InputTransform(**config["transform"]), classes=classes,
-                  model_config=model_config, cluster=state.get("cluster"), checkpoint=str(checkpoint))
 
 
 def label_map_for(tagger: Tagger, shards: ShardSet) -> np.ndarray:
@@ -116,7 +173,7 @@ def label_map_for(tagger: Tagger, shards: ShardSet) -> np.ndarray:
         JJepaError: the folder holds jets of a class the tagger does not know.
     """
     folder = shards.folder
-    want = (tagger.model_config.n_subjets, tagger.model_config.n_particles)
+    want = (tagger.n_subjets, tagger.n_particles)
     have = (shards.n_subjets, shards.n_particles)
     if want != have:
         raise ShardError(f"{folder}: shards hold S={have[0]} subjets of N={have[1]} constituents, the tagger "
@@ -322,10 +379,8 @@ def predict(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
         try:
             for batch in tqdm(loader.batches(), total=-(-n_jets // batch_size), disable=not progress, unit="batch",
                               desc="predict"):
-                on_device = batch.to(torch_device)
-                inputs = tagger.transform(on_device["particles"], on_device["particle_mask"], on_device["subjets"],
-                                          on_device["subjet_mask"])
-                with autocast(torch_device):
+                inputs = tagger.inputs(batch.to(torch_device))
+                with autocast(torch_device, tagger.precision):
                     logits = model(inputs)
                 probs = torch.softmax(logits.double(), dim=-1).cpu().numpy()
                 position = np.arange(at, at + len(batch))

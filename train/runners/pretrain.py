@@ -6,10 +6,13 @@ One call of ``pretrain`` runs (or resumes) a run folder::
     out/train_log.csv          step, epoch, loss, lr, momentum, jets_per_s, target_std, target_rank, val_loss
     out/metrics.json           the final figures (for ``dvc metrics``)
     out/checkpoints/last.pt    written every ``checkpoint_every`` steps, at the end and on Ctrl-C
+    out/checkpoints/step-<step>.pt  the last ``keep_checkpoints`` of those, kept beside it (0: none)
 
 A resumed run continues exactly: the weights, the optimizer, the loader position, the schedules
 (functions of the step) and the masks (seeded by the step) are all restored, so N steps, stop,
-resume, N more steps equals 2N steps straight (bit for bit on the CPU).
+resume, N more steps equals 2N steps straight (bit for bit on the CPU). A run resumes with the number of
+processes that wrote the checkpoint; another number is refused with a message saying how to proceed
+(``check_world_size``).
 """
 
 from __future__ import annotations
@@ -30,11 +33,17 @@ from jjepa.common.errors import JJepaError
 from jjepa.train.config import RESUMABLE_CHANGES, PretrainConfig, config_from_dict
 from jjepa.train.data.loader import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
 from jjepa.train.data.transform import batch_inputs
-from jjepa.train.mechanics.checkpoint import PretrainCheckpoint, load_checkpoint, save_checkpoint
+from jjepa.train.mechanics.checkpoint import (
+    PretrainCheckpoint,
+    keep_step_copy,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
 from jjepa.train.mechanics.distributed import (
     DistInfo,
     autocast,
+    check_world_size,
     grad_scaler,
     init_distributed,
     mean_over_ranks,
@@ -266,9 +275,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     if resume:
         checkpoint = load_checkpoint(last)
         _check_resumable(config, config_from_dict(checkpoint["config"]))
-        if checkpoint["world_size"] != dist_info.world_size:
-            raise JJepaError(f"cannot resume: the checkpoint was written by {checkpoint['world_size']} processes, "
-                             f"this run has {dist_info.world_size}")
+        check_world_size(int(checkpoint["world_size"]), dist_info, last)
     elif last.exists():
         raise JJepaError(f"{out} already holds a run ({last}); pass --resume to continue it, or choose another --out")
 
@@ -316,6 +323,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
             if not (math.isfinite(state.interval_loss) and _finite_weights(state)):
                 raise _diverged(config, state.step, last)
             save_checkpoint(last, checkpoint_dict(state, config, dist_info.world_size))
+            keep_step_copy(last, state.step, config.keep_checkpoints)
 
     try:
         with stop_requests() as terminate, loader.prefetch(state.cursor, depth=config.prefetch) as batches:

@@ -62,7 +62,9 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
                                      label_fraction=None if fraction >= 1 else fraction, n_labels=None,
                                      preset=base.preset if mode == "scratch" else None,
                                      model=base.model if mode == "scratch" else None)
-                    metrics = finetune(config, progress=progress)
+                    # a cell interrupted mid-run left checkpoints/last.pt: continue it exactly
+                    metrics = finetune(config, progress=progress,
+                                       resume=(cell / "checkpoints" / "last.pt").exists())
                 rows.append(run_row(mode, fraction, seed, metrics))
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / "scan.csv", rows)
