@@ -30,6 +30,15 @@ set is never read), paired (same jets, same seeds) with the two-level bootstrap 
 
 Only the switches are flipped; the model size, learning rate, steps and batch size stay the
 benchmark's (the paper's ViT-L for 300 epochs is far beyond a CPU).
+
+``--protocol`` runs the study under the evaluation protocol (docs/evaluation.md): one pretraining per
+``--pretrain-seeds``, finetune/freeze from each and scratch once per finetuning seed (the same label
+subsets), then per mode and label count the central value, seed spread and test interval over all
+runs, paired comparisons with scratch on validation and on test jets, and each ``--alternative``
+pretraining compared with ours on validation jets only (where defaults are chosen)::
+
+    python bench/label_efficiency.py --protocol --n-jets 400000 --pretrain-seeds 0,1 --seeds 0,1 \
+        --modes finetune,freeze --alternative context_sees_targets=true
 """
 
 from __future__ import annotations
@@ -178,7 +187,16 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true",
                         help="flip each departure from the paper alone, from our default and from the paper "
                              "profile, and compare on validation jets (paired, with intervals); see the docstring")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of --ablation's intervals")
+    parser.add_argument("--resamples", type=int, default=1000,
+                        help="bootstrap resamples of --ablation's and --protocol's intervals")
+    parser.add_argument("--protocol", action="store_true",
+                        help="the study under the evaluation protocol (docs/evaluation.md): pretrain once per "
+                             "--pretrain-seeds, finetune/freeze from each and scratch once, then figures with seed "
+                             "spread and test intervals, and paired comparisons with scratch on validation and test")
+    parser.add_argument("--pretrain-seeds", default="0,1", help="--protocol: pretraining seeds")
+    parser.add_argument("--alternative", action="append", default=[], metavar="KEY=VALUE",
+                        help="--protocol: a pretraining variant (e.g. context_sees_targets=true) compared with ours "
+                             "on validation jets only (first pretraining seed, finetune mode), to choose defaults")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -187,6 +205,9 @@ def main() -> None:
     folders = split(shards(args.cache, inputs(args.cache, args.n_jets), args.chunk_size), args.cache)
     if args.ablation:
         print(json.dumps(ablation(args, folders)))
+        return
+    if args.protocol:
+        print(json.dumps(protocol(args, folders)))
         return
     n_train = read_manifest(folders["train"]).n_jets
     overrides, finetune_overrides = parse_pairs(args.overrides), parse_pairs(args.finetune_overrides)
@@ -385,6 +406,115 @@ def ablation_markdown(rows: list[dict], scale: dict) -> str:
                      f"{'>' if r['rej_at_50_lower_bound'] else ''}{r['rej_at_50'][0]:.1f} | "
                      f"{d_auc} | {d_rej} |")
     return "\n".join(lines) + "\n"
+
+
+# --- the study under the evaluation protocol (--protocol) -------------------------------------------------
+
+def _predictions(scan_dir: Path, mode: str, fraction: float, seed: int, split: str):
+    """(labels, probs, classes) of one cell on ``split`` (``val`` or ``test``)."""
+    with np.load(scan_dir / cell_name(mode, fraction, seed) / f"{split}_predictions.npz") as f:
+        return f["labels"], f["probs"].astype(np.float64), [str(c) for c in f["classes"]]
+
+
+def protocol(args, folders: dict[str, Path]) -> dict:
+    """Pretraining seeds × finetuning seeds, scratch once, figures and paired comparisons; writes
+    ``protocol.json`` and ``protocol.md`` under the cache and returns the JSON's summary.
+
+    Each (pretraining seed p, finetuning seed s) run of a mode is paired with scratch's seed s (the same
+    label subset); the paired bootstrap resamples jets and these pairs, so both seeds are in the interval.
+    Choices (``--alternative``) are compared on validation jets only; the test set scores the default.
+    """
+    from jjepa.train.report.intervals import paired_deltas
+    from jjepa.train.report.summary import format_figure, run_row, summarise
+
+    overrides, finetune_overrides = parse_pairs(args.overrides), parse_pairs(args.finetune_overrides)
+    pretrain_seeds = [int(p) for p in args.pretrain_seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    n_train = read_manifest(folders["train"]).n_jets
+    fractions = {int(n): min(1.0, int(n) / n_train) for n in args.labels.split(",")}
+    modes = [m for m in args.modes.split(",") if m != "scratch"]
+    scans, pretrain_runs = {}, {}
+    for k, p in enumerate(pretrain_seeds):
+        run, tag, seconds = pretrain_variant(args, folders, {**overrides, "seed": str(p)})
+        pretrain_runs[p] = {"run": str(run), "seconds": round(seconds, 1)}
+        _, scans[p] = scan_variant(args, folders, run, tag, finetune_overrides, modes + (["scratch"] if k == 0 else []),
+                                   list(fractions.values()))
+    scratch_dir = scans[pretrain_seeds[0]]
+    alternatives = {}
+    for pair in args.alternative:
+        extra = parse_pairs([pair])
+        run, tag, _ = pretrain_variant(args, folders, {**overrides, "seed": str(pretrain_seeds[0]), **extra})
+        _, alternatives[pair] = scan_variant(args, folders, run, tag, finetune_overrides, ["finetune"],
+                                             list(fractions.values()))
+
+    rows = []
+    for p, scan_dir in scans.items():
+        for mode in modes + (["scratch"] if scan_dir == scratch_dir else []):
+            for fraction in fractions.values():
+                for s in seeds:
+                    metrics = json.loads((scan_dir / cell_name(mode, fraction, s) / "metrics.json").read_text())
+                    rows.append(run_row(mode, fraction, 1000 * p + s, metrics))
+    summary = summarise(rows)
+
+    def paired(split: str, mode_dirs: list[tuple[Path, int]], mode: str, fraction: float) -> dict:
+        a = [_predictions(d, mode, fraction, s, split) for d, s in mode_dirs]
+        b = [_predictions(scratch_dir, "scratch", fraction, s, split) for _, s in mode_dirs]
+        if any(not np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True)):
+            raise SystemExit(f"{split}: runs scored on different jets")
+        return paired_deltas(a[0][0], a[0][2], [x[1] for x in a], [y[1] for y in b], n_resamples=args.resamples)
+
+    comparisons = []
+    for mode in modes:
+        for n, fraction in fractions.items():
+            pairs = [(scans[p], s) for p in pretrain_seeds for s in seeds]
+            for split in ("val", "test"):
+                comparisons.append({"mode": mode, "baseline": "scratch", "labels": n, "split": split,
+                                    **paired(split, pairs, mode, fraction)})
+    choices = []
+    for pair, alt_dir in alternatives.items():
+        for n, fraction in fractions.items():
+            a = [_predictions(alt_dir, "finetune", fraction, s, "val") for s in seeds]
+            b = [_predictions(scans[pretrain_seeds[0]], "finetune", fraction, s, "val") for s in seeds]
+            choices.append({"alternative": pair, "labels": n,
+                            **paired_deltas(a[0][0], a[0][2], [x[1] for x in a], [y[1] for y in b],
+                                            n_resamples=args.resamples)})
+
+    out = args.cache / "label-efficiency" / f"protocol-s{args.pretrain_steps}-b{args.batch_size}"
+    out.mkdir(parents=True, exist_ok=True)
+    scale = {"n_jets": args.n_jets, "n_train": n_train, "n_val": read_manifest(folders["val"]).n_jets,
+             "n_test": read_manifest(folders["test"]).n_jets, "pretrain_steps": args.pretrain_steps,
+             "pretrain_seeds": pretrain_seeds, "seeds": seeds, "labels": list(fractions),
+             "finetune_epochs": args.finetune_epochs, "overrides": overrides, "finetune_overrides": finetune_overrides,
+             "cores": os.cpu_count(), "torch": torch.__version__}
+    report = {"benchmark": "label_efficiency_protocol", "scale": scale, "pretrain": pretrain_runs,
+              "summary": summary, "paired": comparisons, "choices": choices}
+    (out / "protocol.json").write_text(json.dumps(report, indent=1, default=str))
+    lines = [f"Test jets: {scale['n_test']}, validation jets: {scale['n_val']}, training jets: {n_train}; pretraining "
+             f"seeds {pretrain_seeds} × finetuning seeds {seeds}; {args.pretrain_steps} pretraining steps.", "",
+             "| mode | labelled jets | runs | AUC | 1/εB at εS=0.5 | 1/εB at εS=0.3 | best step at edge |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for e in summary:
+        lines.append(f"| {e['mode']} | {e['n_train_labels']} | {e['n_seeds']} | {format_figure(e, 'auc')} | "
+                     f"{format_figure(e, 'rej_at_50')} | {format_figure(e, 'rej_at_30')} | "
+                     f"{e['n_best_at_edge']}/{e['n_seeds']} |")
+    lines += ["", "| mode vs scratch | labelled jets | jets | pairs | ΔAUC [68 %] [95 %] | rejection ratio [68 %] [95 %] |",
+              "|---|---:|---|---:|---:|---:|"]
+    for c in comparisons:
+        a, q = c["auc"], c["rej_at_50_ratio"]
+        lines.append(f"| {c['mode']} | {c['labels']} | {c['split']} | {a['n_seeds']} | "
+                     f"{a['delta']:+.4f} [{a['ci68'][0]:+.4f}, {a['ci68'][1]:+.4f}] [{a['ci95'][0]:+.4f}, "
+                     f"{a['ci95'][1]:+.4f}] | {q['delta']:.2f} [{q['ci68'][0]:.2f}, {q['ci68'][1]:.2f}] "
+                     f"[{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}] |")
+    if choices:
+        lines += ["", "| alternative vs ours (finetune, validation jets) | labelled jets | ΔAUC [68 %] [95 %] | "
+                  "rejection ratio [68 %] [95 %] |", "|---|---:|---:|---:|"]
+        for c in choices:
+            a, q = c["auc"], c["rej_at_50_ratio"]
+            lines.append(f"| {c['alternative']} | {c['labels']} | {a['delta']:+.4f} [{a['ci68'][0]:+.4f}, "
+                         f"{a['ci68'][1]:+.4f}] [{a['ci95'][0]:+.4f}, {a['ci95'][1]:+.4f}] | {q['delta']:.2f} "
+                         f"[{q['ci68'][0]:.2f}, {q['ci68'][1]:.2f}] [{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}] |")
+    (out / "protocol.md").write_text("\n".join(lines) + "\n")
+    return {"benchmark": "label_efficiency_protocol", "scale": scale, "report": str(out / "protocol.md")}
 
 
 if __name__ == "__main__":
