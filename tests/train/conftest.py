@@ -11,9 +11,11 @@ from jjepa.common.testing import write_toy_shards
 S, N = 10, 12
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _few_threads():
-    """Two cores are shared with other work: keep torch to one thread per test."""
+    """One torch thread for the whole session: two cores are shared with other work, and module- or
+    session-scoped fixtures (runs that tests compare with bit for bit) must run with the same thread
+    count as the tests themselves (a float sum splits differently over 1 and 2 threads)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
