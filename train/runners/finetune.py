@@ -31,7 +31,6 @@ single process computes for the same model.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
@@ -74,6 +73,7 @@ from jjepa.train.mechanics.distributed import (
     shutdown_distributed,
 )
 from jjepa.train.mechanics.optim import lr_at, param_groups, set_lr
+from jjepa.train.mechanics.runlog import RunLog
 from jjepa.train.mechanics.signals import any_rank, stop_requests
 from jjepa.train.model.classifier import JetClassifier, encoder_state, load_encoder
 from jjepa.train.model.part import PartTagger
@@ -541,15 +541,9 @@ def _start_outputs(run: Run, validated: list[int] | None) -> None:
         tmp.write_text(yaml.safe_dump({**run.data.resolved, "total_steps": run.steps,
                                        "n_train_labels": run.data.train_set.n_jets, "classes": list(run.data.classes),
                                        "world_size": run.dist.world_size}, sort_keys=False))
-    rows: list[list[str]] = []
-    path = run.out / "train_log.csv"
-    if validated is not None and path.exists():
-        with open(path, newline="") as f:
-            rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) in set(validated)]
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(LOG_COLUMNS)
-        writer.writerows(rows)
+    done = set(validated or ())
+    RunLog(run.out / "train_log.csv", LOG_COLUMNS,
+           keep=None if validated is None else lambda row: int(row["step"]) in done)
 
 
 #: Under DDP, the ranks agree on a SIGTERM every this many steps (a one-integer all-reduce, a device sync).
@@ -637,9 +631,9 @@ def validate(state: FinetuneState, run: Run, bar) -> None:
                          f"from it. Try a lower --lr (now {config.lr:g}) or --encoder-lr-scale")
     lr = lr_at(step - 1, run.steps, config.lr, config.final_lr, run.warmup)
     if run.dist.is_main:
-        with open(run.out / "train_log.csv", "a", newline="") as f:
-            csv.writer(f).writerow([step, f"{step / run.steps_per_epoch:.3f}", f"{train_loss:.6g}",
-                                    f"{val_loss:.6g}", f"{val_acc:.6g}", f"{lr:.6g}"])
+        RunLog.append(run.out / "train_log.csv", LOG_COLUMNS, {
+            "step": step, "epoch": f"{step / run.steps_per_epoch:.3f}", "train_loss": train_loss,
+            "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr})
     bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", acc=f"{val_acc:.3f}")
     state.running_loss.zero_()
     state.running_steps = 0

@@ -17,7 +17,6 @@ processes that wrote the checkpoint; another number is refused with a message sa
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -52,6 +51,7 @@ from jjepa.train.mechanics.distributed import (
 from jjepa.train.mechanics.ema import ema_update, make_target_encoder, momentum_at
 from jjepa.train.mechanics.masking import mask_generator, sample_targets
 from jjepa.train.mechanics.optim import lr_at, make_optimizer, set_lr
+from jjepa.train.mechanics.runlog import RunLog
 from jjepa.train.mechanics.signals import any_rank, stop_requests
 from jjepa.train.model.jepa import JEPA, jepa_forward
 from jjepa.train.model.packing import plan_jepa
@@ -161,31 +161,6 @@ def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) ->
         torch_rng=torch.get_rng_state(),
         scaler=state.scaler.state_dict() if state.scaler is not None else {},
     )
-
-
-class TrainLog:
-    """``train_log.csv``, one row per logging step; on resume, rows past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        rows = []
-        if resume_step is not None and path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=LOG_COLUMNS).writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 @torch.no_grad()
@@ -299,7 +274,9 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(yaml.safe_dump({**config.to_dict(), "total_steps": steps,
                                            "world_size": dist_info.world_size}, sort_keys=False))
-        train_log = TrainLog(out / "train_log.csv", state.step if checkpoint is not None else None)
+        resumed_at = state.step if checkpoint is not None else None
+        train_log = RunLog(out / "train_log.csv", LOG_COLUMNS,
+                           keep=None if resumed_at is None else lambda row: int(row["step"]) <= resumed_at)
 
     model: nn.Module = state.model
     target_encoder: nn.Module = state.target_encoder
