@@ -29,7 +29,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from jjepa.train.report.metrics import WORKING_POINTS, background_index, pair_score, tagging_metrics
+from jjepa.train.report.metrics import (
+    WORKING_POINTS,
+    background_index,
+    pair_score,
+    rejection_of,
+    tagging_metrics,
+)
 
 #: The 68 % interval's percentiles; the 95 % one's.
 PERCENTILES_68: tuple[float, float] = (15.865, 84.135)
@@ -248,7 +254,7 @@ def metrics_with_intervals(labels: np.ndarray, probs: np.ndarray, classes: Seque
         for suffix, efficiency in WORKING_POINTS.items():
             low, high = _interval(resampled[suffix])
             passing = _background_passing(order, efficiency, members)
-            metrics[f"rej_at_{suffix}{tail}_ci"] = [_rejection(high), _rejection(low)]
+            metrics[f"rej_at_{suffix}{tail}_ci"] = [rejection_of(high), rejection_of(low)]
             metrics[f"n_background_pass_at_{suffix}{tail}"] = passing
             metrics[f"rej_at_{suffix}{tail}_lower_bound"] = passing == 0
             if passing == 0:
@@ -335,7 +341,3 @@ def _efficiency_at(tpr: np.ndarray, fpr: np.ndarray, efficiency: float, above: n
 def _interval(values: np.ndarray, percentiles: tuple[float, float] = PERCENTILES_68) -> list[float]:
     low, high = np.percentile(values, percentiles)
     return [float(low), float(high)]
-
-
-def _rejection(background_efficiency: float) -> float:
-    return math.inf if background_efficiency <= 0.0 else 1.0 / background_efficiency

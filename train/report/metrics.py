@@ -76,7 +76,7 @@ def background_efficiency_at(tpr: np.ndarray, fpr: np.ndarray, signal_efficiency
     return float(np.interp(signal_efficiency, tpr[below:above + 1], fpr[below:above + 1]))
 
 
-def background_rejection(labels: np.ndarray, scores: np.ndarray, signal_efficiency: float) -> float:
+def backgroundrejection_of(labels: np.ndarray, scores: np.ndarray, signal_efficiency: float) -> float:
     """1/εB at ``signal_efficiency`` (see :func:`background_efficiency_at`); ``inf`` where εB is 0.
 
     Args:
@@ -85,7 +85,7 @@ def background_rejection(labels: np.ndarray, scores: np.ndarray, signal_efficien
         signal_efficiency: εS in [0, 1], e.g. 0.5.
     """
     tpr, fpr = roc_points(labels, scores)
-    return _rejection(background_efficiency_at(tpr, fpr, signal_efficiency))
+    return rejection_of(background_efficiency_at(tpr, fpr, signal_efficiency))
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -115,7 +115,7 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     metrics = {"accuracy": float(accuracy_score(labels, predicted)),
                "auc": float(roc_auc_score(labels, scores))}
     for suffix, efficiency in WORKING_POINTS.items():
-        metrics[f"rej_at_{suffix}"] = _rejection(background_efficiency_at(tpr, fpr, efficiency))
+        metrics[f"rej_at_{suffix}"] = rejection_of(background_efficiency_at(tpr, fpr, efficiency))
     return metrics
 
 
@@ -161,14 +161,14 @@ def multiclass_metrics(labels: np.ndarray, probs: np.ndarray, classes: Sequence[
     for name, is_signal, score in _signal_pairs(labels, probs, classes, bkg):
         tpr, fpr = roc_points(is_signal, score)
         for suffix, efficiency in WORKING_POINTS.items():
-            rejection = _rejection(background_efficiency_at(tpr, fpr, efficiency))
+            rejection = rejection_of(background_efficiency_at(tpr, fpr, efficiency))
             metrics[f"rej_at_{suffix}_{name}"] = rejection
             if len(classes) == 2:
                 metrics[f"rej_at_{suffix}"] = rejection
     if len(classes) > 2:
         tpr, fpr = roc_points((labels != bkg).astype(np.int64), 1.0 - probs[:, bkg])
         for suffix, efficiency in WORKING_POINTS.items():
-            metrics[f"rej_at_{suffix}"] = _rejection(background_efficiency_at(tpr, fpr, efficiency))
+            metrics[f"rej_at_{suffix}"] = rejection_of(background_efficiency_at(tpr, fpr, efficiency))
     return metrics
 
 
@@ -286,7 +286,8 @@ def write_roc_curves_csv(path: str | Path, curves: Mapping[str, tuple], max_poin
 # --------------------------------------------------------------------------------------------------
 
 
-def _rejection(background_efficiency: float) -> float:
+def rejection_of(background_efficiency: float) -> float:
+    """1/εB, ``inf`` where εB is 0."""
     return math.inf if background_efficiency <= 0.0 else 1.0 / background_efficiency
 
 
