@@ -80,6 +80,8 @@ SWITCHES: dict[str, tuple[str, str, bool]] = {
     "mlp_ratio": ("model.mlp_ratio", "1.0", False),
     "min_subjets": ("min_subjets", "10", True),
 }
+#: Modes that use no pretraining: trained once per finetuning seed, and what the others are compared with.
+BASELINES = ("scratch", "part")
 #: The paper's jet filter: figures are also given on the validation jets with at least this many subjets.
 PAPER_MIN_SUBJETS = 10
 
@@ -194,6 +196,9 @@ def main() -> None:
                              "--pretrain-seeds, finetune/freeze from each and scratch once, then figures with seed "
                              "spread and test intervals, and paired comparisons with scratch on validation and test")
     parser.add_argument("--pretrain-seeds", default="0,1", help="--protocol: pretraining seeds")
+    parser.add_argument("--part-set", dest="part_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="--protocol: finetuning overrides of the part mode only, e.g. part.num_layers=2 "
+                             "(repeatable; part of its scan's key)")
     parser.add_argument("--alternative", action="append", default=[], metavar="KEY=VALUE",
                         help="--protocol: a pretraining variant (e.g. context_sees_targets=true) compared with ours "
                              "on validation jets only (first pretraining seed, finetune mode), to choose defaults")
@@ -432,14 +437,22 @@ def protocol(args, folders: dict[str, Path]) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     n_train = read_manifest(folders["train"]).n_jets
     fractions = {int(n): min(1.0, int(n) / n_train) for n in args.labels.split(",")}
-    modes = [m for m in args.modes.split(",") if m != "scratch"]
+    asked = args.modes.split(",")
+    modes = [m for m in asked if m not in BASELINES]
     scans, pretrain_runs = {}, {}
     for k, p in enumerate(pretrain_seeds):
         run, tag, seconds = pretrain_variant(args, folders, {**overrides, "seed": str(p)})
         pretrain_runs[p] = {"run": str(run), "seconds": round(seconds, 1)}
         _, scans[p] = scan_variant(args, folders, run, tag, finetune_overrides, modes + (["scratch"] if k == 0 else []),
                                    list(fractions.values()))
-    scratch_dir = scans[pretrain_seeds[0]]
+        if k == 0:
+            first_run, first_tag = run, tag
+    # The baselines use no pretraining: each is trained once per finetuning seed (the same label subsets).
+    baseline_dirs = {"scratch": scans[pretrain_seeds[0]]}
+    if "part" in asked:
+        _, baseline_dirs["part"] = scan_variant(args, folders, first_run, first_tag,
+                                                {**finetune_overrides, **parse_pairs(args.part_overrides)}, ["part"],
+                                                list(fractions.values()))
     alternatives = {}
     for pair in args.alternative:
         extra = parse_pairs([pair])
@@ -447,29 +460,32 @@ def protocol(args, folders: dict[str, Path]) -> dict:
         _, alternatives[pair] = scan_variant(args, folders, run, tag, finetune_overrides, ["finetune"],
                                              list(fractions.values()))
 
+    # every run as (mode, folder, row seed, finetuning seed); pretrained modes once per pretraining seed
+    runs = [(mode, scans[p], 1000 * p + s, s) for p in pretrain_seeds for mode in modes for s in seeds]
+    runs += [(mode, folder, 1000 * pretrain_seeds[0] + s, s) for mode, folder in baseline_dirs.items() for s in seeds]
     rows = []
-    for p, scan_dir in scans.items():
-        for mode in modes + (["scratch"] if scan_dir == scratch_dir else []):
-            for fraction in fractions.values():
-                for s in seeds:
-                    metrics = json.loads((scan_dir / cell_name(mode, fraction, s) / "metrics.json").read_text())
-                    rows.append(run_row(mode, fraction, 1000 * p + s, metrics))
+    for mode, folder, row_seed, s in runs:
+        for fraction in fractions.values():
+            metrics = json.loads((folder / cell_name(mode, fraction, s) / "metrics.json").read_text())
+            rows.append(run_row(mode, fraction, row_seed, metrics))
     summary = summarise(rows)
 
-    def paired(split: str, mode_dirs: list[tuple[Path, int]], mode: str, fraction: float) -> dict:
-        a = [_predictions(d, mode, fraction, s, split) for d, s in mode_dirs]
-        b = [_predictions(scratch_dir, "scratch", fraction, s, split) for _, s in mode_dirs]
+    def paired(split: str, mode: str, baseline: str, fraction: float) -> dict:
+        """``mode`` against ``baseline``, each run paired with the baseline's run of its finetuning seed."""
+        mine = [(folder, s) for m, folder, _, s in runs if m == mode]
+        a = [_predictions(folder, mode, fraction, s, split) for folder, s in mine]
+        b = [_predictions(baseline_dirs[baseline], baseline, fraction, s, split) for _, s in mine]
         if any(not np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True)):
-            raise SystemExit(f"{split}: runs scored on different jets")
+            raise SystemExit(f"{split}: {mode} and {baseline} runs scored on different jets")
         return paired_deltas(a[0][0], a[0][2], [x[1] for x in a], [y[1] for y in b], n_resamples=args.resamples)
 
     comparisons = []
-    for mode in modes:
-        for n, fraction in fractions.items():
-            pairs = [(scans[p], s) for p in pretrain_seeds for s in seeds]
-            for split in ("val", "test"):
-                comparisons.append({"mode": mode, "baseline": "scratch", "labels": n, "split": split,
-                                    **paired(split, pairs, mode, fraction)})
+    for baseline in baseline_dirs:
+        for mode in modes + [m for m in baseline_dirs if m != baseline and m != "scratch"]:
+            for n, fraction in fractions.items():
+                for split in ("val", "test"):
+                    comparisons.append({"mode": mode, "baseline": baseline, "labels": n, "split": split,
+                                        **paired(split, mode, baseline, fraction)})
     choices = []
     for pair, alt_dir in alternatives.items():
         for n, fraction in fractions.items():
@@ -497,11 +513,11 @@ def protocol(args, folders: dict[str, Path]) -> dict:
         lines.append(f"| {e['mode']} | {e['n_train_labels']} | {e['n_seeds']} | {format_figure(e, 'auc')} | "
                      f"{format_figure(e, 'rej_at_50')} | {format_figure(e, 'rej_at_30')} | "
                      f"{e['n_best_at_edge']}/{e['n_seeds']} |")
-    lines += ["", "| mode vs scratch | labelled jets | jets | pairs | ΔAUC [68 %] [95 %] | rejection ratio [68 %] [95 %] |",
-              "|---|---:|---|---:|---:|---:|"]
+    lines += ["", "| mode | vs | labelled jets | jets | pairs | ΔAUC [68 %] [95 %] | rejection ratio [68 %] [95 %] |",
+              "|---|---|---:|---|---:|---:|---:|"]
     for c in comparisons:
         a, q = c["auc"], c["rej_at_50_ratio"]
-        lines.append(f"| {c['mode']} | {c['labels']} | {c['split']} | {a['n_seeds']} | "
+        lines.append(f"| {c['mode']} | {c['baseline']} | {c['labels']} | {c['split']} | {a['n_seeds']} | "
                      f"{a['delta']:+.4f} [{a['ci68'][0]:+.4f}, {a['ci68'][1]:+.4f}] [{a['ci95'][0]:+.4f}, "
                      f"{a['ci95'][1]:+.4f}] | {q['delta']:.2f} [{q['ci68'][0]:.2f}, {q['ci68'][1]:.2f}] "
                      f"[{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}] |")

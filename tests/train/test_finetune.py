@@ -95,12 +95,12 @@ def test_finetune_mode_moves_the_encoder_and_can_start_from_the_context_encoder(
 
 
 def test_scratch_loads_nothing(simulated_splits, pretrained, tmp_path, monkeypatch):
-    from jjepa.train.runners import finetune as finetune_module
+    from jjepa.train.runners import finetune_setup
 
     def refuse(*args, **kwargs):
         raise AssertionError("scratch mode loaded weights")
 
-    monkeypatch.setattr(finetune_module, "load_encoder", refuse)
+    monkeypatch.setattr(finetune_setup, "load_encoder", refuse)
     metrics = finetune(config_for(simulated_splits, tmp_path / "scratch", pretrained, mode="scratch"), progress=False)
     assert metrics["mode"] == "scratch"
     stored = load_checkpoint(tmp_path / "scratch" / "checkpoints" / "best.pt")["config"]["model"]

@@ -16,7 +16,8 @@ from jjepa.train.data.loader import ShardSet
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.report.intervals import metrics_with_intervals
 from jjepa.train.report.metrics import json_safe
-from jjepa.train.runners.finetune import predict, tagging_classes
+from jjepa.train.runners.finetune_setup import tagging_classes
+from jjepa.train.runners.inference import predict
 from jjepa.train.runners.predict import load_tagger
 
 FIGURES = ("accuracy", "auc", "rej_at_50", "rej_at_30", "accuracy_ci", "auc_ci", "rej_at_50_ci", "rej_at_30_ci")

@@ -14,10 +14,11 @@ from click.testing import CliRunner
 from jjepa.common.errors import JJepaError
 from jjepa.train.cli import main as cli
 from jjepa.train.config import resolve_finetune_config, resolve_pretrain_config
-from jjepa.train.data.loader import ShardLoader, ShardSet
+from jjepa.train.data.loader import FINETUNE_FIELDS, ShardLoader, ShardSet
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.runners import finetune as finetune_module
-from jjepa.train.runners.finetune import FINETUNE_FIELDS, finetune, rank_view, reading_order
+from jjepa.train.runners.finetune import finetune
+from jjepa.train.runners.inference import rank_view, reading_order
 from jjepa.train.runners.pretrain import pretrain
 
 #: 640 labelled jets in batches of 64: 10 steps per epoch, 20 steps, a validation every 5.

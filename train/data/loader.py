@@ -32,8 +32,10 @@ from jjepa.common.shards import Manifest, open_memmaps, read_manifest
 from jjepa.train.config import ModelConfig
 from jjepa.train.data.integrity import verify_shards
 
-#: What pretraining reads of a shard; finetuning adds ``labels``.
+#: What pretraining reads of a shard.
 PRETRAIN_FIELDS: tuple[str, ...] = ("particles", "particle_mask", "subjets", "subjet_mask")
+#: What finetuning reads: ``labels``, and ``jets`` (pT, η, E of the jet), inputs of the ``part`` mode.
+FINETUNE_FIELDS: tuple[str, ...] = PRETRAIN_FIELDS + ("labels", "jets")
 #: Batch dtypes: the schema's, float32 ``particles`` also for float16 shards (converted while copying).
 _TORCH_DTYPES = {spec.name: torch.from_numpy(np.zeros(0, spec.dtype)).dtype for spec in SHARD_ARRAYS}
 
@@ -361,6 +363,27 @@ class ShardLoader:
     def prefetch(self, cursor: Cursor = Cursor(), depth: int = 4) -> Prefetcher:
         """``batches(cursor)`` produced by a background thread, ``depth`` batches ahead."""
         return Prefetcher(self.batches(cursor), depth)
+
+
+def training_loader(shards: ShardSet, batch_size: int, block_size: int, seed: int, rank: int, world_size: int,
+                    fields: tuple[str, ...], device: torch.device) -> ShardLoader:
+    """The endless shuffled stream of full batches a training loop reads (this rank's share under DDP)."""
+    return ShardLoader(shards, batch_size, block_size, seed, shuffle=True, rank=rank, world_size=world_size,
+                       epochs=None, fields=fields, pin_memory=device.type == "cuda")
+
+
+def evaluation_batches(shards: ShardSet, batch_size: int, fields: tuple[str, ...], device: torch.device,
+                       max_batches: int | None = None, block_size: int = 64, seed: int = 0) -> Iterator[JetBatch]:
+    """One pass over ``shards`` in one process: every jet in file order, or (``max_batches``) the first
+    ``max_batches`` batches of a fixed shuffled order of ``block_size``-jet blocks seeded by ``seed``, so a
+    partial validation mixes every shard and sees the same jets every time."""
+    partial = max_batches is not None
+    loader = ShardLoader(shards, batch_size, block_size if partial else batch_size, seed, shuffle=partial, rank=0,
+                         world_size=1, epochs=1, fields=fields, pin_memory=device.type == "cuda")
+    for index, batch in enumerate(loader.batches()):
+        if partial and index >= max_batches:
+            return
+        yield batch
 
 
 class Prefetcher:

@@ -1,8 +1,10 @@
-"""AdamW with the usual exemptions from weight decay, and the warmup + cosine learning-rate schedule."""
+"""AdamW with the usual exemptions from weight decay, the warmup + cosine learning-rate schedule, and the
+optimizer step both runners take."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -36,3 +38,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate of every parameter group (scaled by a group's ``lr_scale``, if any)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_grad: float, params: Iterable[torch.Tensor]) -> None:
+    """Backward and step: gradients cleared, ``loss`` backpropagated (scaled by ``scaler`` under fp16, a no-op
+    otherwise), the unscaled gradients of ``params`` clipped to norm ``clip_grad`` (0: no clipping), then the
+    optimizer step (skipped by the scaler if fp16 gradients overflowed) and the scaler's update."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()

@@ -21,12 +21,12 @@ import torch
 from jjepa.common.atomic import atomic_path
 from jjepa.common.version import jjepa_version
 from jjepa.train.config import config_from_dict
-from jjepa.train.data.loader import ShardLoader, ShardSet
+from jjepa.train.data.loader import FINETUNE_FIELDS, ShardSet, evaluation_batches
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.mechanics.distributed import resolve_device
 from jjepa.train.model.classifier import encoder_state
 from jjepa.train.model.subjet_transformer import SubjetTransformer, jet_representation
-from jjepa.train.runners.finetune import FINETUNE_FIELDS, to_device
+from jjepa.train.runners.inference import to_device
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
     model = SubjetTransformer(shards.bind(saved.model))
     model.load_state_dict(encoder_state(state, encoder))
     model.to(torch_device).eval()
-    loader = ShardLoader(shards, batch_size, block_size=batch_size, seed=0, shuffle=False, rank=0, world_size=1,
-                         epochs=1, fields=FINETUNE_FIELDS, pin_memory=torch_device.type == "cuda")
     n_jets = shards.n_jets
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +60,7 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
         embeddings = f.create_dataset("embeddings", (n_jets, saved.model.embed_dim), dtype="float32")
         labels = f.create_dataset("labels", (n_jets,), dtype="int64")
         at = 0
-        for batch in tqdm(loader.batches(), total=-(-n_jets // batch_size), disable=not progress, unit="batch"):
+        for batch in tqdm(evaluation_batches(shards, batch_size, FINETUNE_FIELDS, torch_device), total=-(-n_jets // batch_size), disable=not progress, unit="batch"):
             inputs, y = to_device(batch, saved.transform, torch_device)
             reps = jet_representation(model(inputs).float(), inputs.subjet_mask)
             embeddings[at:at + len(y)] = reps.cpu().numpy()

@@ -44,7 +44,7 @@ from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
 from jjepa.common.schema import FEATURE_NAMES, JET_FEATURE_NAMES, SHARD_ARRAYS
 from jjepa.common.version import jjepa_version
-from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardLoader, ShardSet
+from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardSet, evaluation_batches
 from jjepa.train.data.part_inputs import CLIP, STANDARDISATION, part_inputs
 from jjepa.train.data.part_inputs import FEATURE_NAMES as PART_FEATURE_NAMES
 from jjepa.train.model.part import PAIR_FEATURES
@@ -148,9 +148,7 @@ def shard_batch(data: str | os.PathLike, tagger: Tagger, n_jets: int,
     """The arrays ``names`` of the first ``n_jets`` jets of the shard folder ``data`` (checked against ``tagger``)."""
     shards = ShardSet(data)
     label_map_for(tagger, shards)
-    loader = ShardLoader(shards, n_jets, block_size=n_jets, seed=0, shuffle=False, rank=0, world_size=1, epochs=1,
-                         fields=names, pin_memory=False)
-    batch = next(loader.batches())
+    batch = next(evaluation_batches(shards, n_jets, names, torch.device("cpu")))
     return {name: batch[name].numpy() for name in names}
 
 

@@ -42,7 +42,7 @@ from jjepa.common.errors import JJepaError, ShardError
 from jjepa.common.schema import JET_FEATURE_NAMES, config_dict
 from jjepa.common.version import jjepa_version
 from jjepa.train.config import ModelConfig, PartConfig
-from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardLoader, ShardSet
+from jjepa.train.data.loader import FINETUNE_FIELDS, ShardSet, evaluation_batches
 from jjepa.train.data.part_inputs import PartFeatures, PartInputs
 from jjepa.train.data.transform import InputTransform
 from jjepa.train.mechanics.checkpoint import load_checkpoint
@@ -368,16 +368,13 @@ def predict(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
     metadata = {"classes": list(tagger.classes), "score_columns": names, "columns": list(columns),
                 "shards": [r.file for r in shards.manifest.shards], "source": str(data),
                 "checkpoint": str(checkpoint), "jjepa_version": jjepa_version()}
-    loader = ShardLoader(shards, batch_size, block_size=batch_size, seed=0, shuffle=False, rank=0, world_size=1,
-                         epochs=1, fields=PRETRAIN_FIELDS + ("labels", "jets"),
-                         pin_memory=torch_device.type == "cuda")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     at = 0
     with atomic_path(out) as tmp:
         writer = _WRITERS[fmt](tmp, n_jets, columns, metadata)
         try:
-            for batch in tqdm(loader.batches(), total=-(-n_jets // batch_size), disable=not progress, unit="batch",
+            for batch in tqdm(evaluation_batches(shards, batch_size, FINETUNE_FIELDS, torch_device), total=-(-n_jets // batch_size), disable=not progress, unit="batch",
                               desc="predict"):
                 inputs = tagger.inputs(batch.to(torch_device))
                 with autocast(torch_device, tagger.precision):

@@ -17,45 +17,45 @@ processes that wrote the checkpoint; another number is refused with a message sa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import yaml
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import RESUMABLE_CHANGES, PretrainConfig, config_from_dict
-from jjepa.train.data.loader import PRETRAIN_FIELDS, Cursor, ShardLoader, ShardSet
+from jjepa.train.config import PretrainConfig, config_from_dict
+from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardSet, evaluation_batches, training_loader
 from jjepa.train.data.transform import batch_inputs
-from jjepa.train.mechanics.checkpoint import (
-    PretrainCheckpoint,
-    keep_step_copy,
-    load_checkpoint,
-    save_checkpoint,
-)
+from jjepa.train.mechanics.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
 from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
 from jjepa.train.mechanics.distributed import (
     DistInfo,
     autocast,
     check_world_size,
-    grad_scaler,
     init_distributed,
     mean_over_ranks,
     shutdown_distributed,
 )
-from jjepa.train.mechanics.ema import ema_update, make_target_encoder, momentum_at
+from jjepa.train.mechanics.ema import ema_update, momentum_at
 from jjepa.train.mechanics.masking import mask_generator, sample_targets
-from jjepa.train.mechanics.optim import lr_at, make_optimizer, set_lr
+from jjepa.train.mechanics.optim import lr_at, optimizer_step, set_lr
 from jjepa.train.mechanics.runlog import RunLog
 from jjepa.train.mechanics.signals import any_rank, stop_requests
-from jjepa.train.model.jepa import JEPA, jepa_forward
+from jjepa.train.model.jepa import jepa_forward
 from jjepa.train.model.packing import plan_jepa
 from jjepa.train.model.subjet_transformer import jet_representation
+from jjepa.train.runners.pretrain_state import (
+    RunState,
+    build_state,
+    check_resumable,
+    checkpoint_dict,
+    restore_state,
+)
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -67,41 +67,11 @@ LOG_COLUMNS: tuple[str, ...] = ("step", "epoch", "loss", "lr", "momentum", "jets
 _VAL_RANK = 1 << 20
 
 
-@dataclass
-class RunState:
-    """The mutable state of a run: the models, the optimizer and the position."""
-
-    model: JEPA
-    target_encoder: nn.Module
-    optimizer: torch.optim.Optimizer
-    step: int
-    cursor: Cursor
-    #: Sum of the losses and number of steps since the last log row (checkpointed, so a resumed run
-    #: logs the same averages as an uninterrupted one).
-    interval_loss: float = 0.0
-    interval_steps: int = 0
-    #: fp16's loss scaler (``grad_scaler``; disabled, a no-op, for bf16 and fp32); checkpointed.
-    scaler: torch.amp.GradScaler | None = None
-
-
 def total_steps(config: PretrainConfig, jets_per_epoch: int) -> int:
     """``config.steps``, or ``config.epochs`` passes over a rank's share converted to steps."""
     if config.steps is not None:
         return config.steps
     return max(1, math.ceil(config.epochs * jets_per_epoch / config.batch_size))
-
-
-def _check_resumable(config: PretrainConfig, saved: PretrainConfig) -> None:
-    """A resumed run must train the same model on the same data with the same schedules.
-
-    Every field must match the checkpoint's except those of ``RESUMABLE_CHANGES`` (output, device,
-    logging, validation, ``stop_after``…), so a field added later is protected by default.
-    """
-    changed = [f.name for f in dataclasses.fields(PretrainConfig)
-               if f.name not in RESUMABLE_CHANGES and getattr(config, f.name) != getattr(saved, f.name)]
-    if changed:
-        raise JJepaError(f"cannot resume: {changed} differ from the checkpoint's configuration; "
-                         "start a new run (--out) to change them")
 
 
 def draw_targets(config: PretrainConfig, subjet_mask: torch.Tensor, rank: int, step: int) -> torch.Tensor:
@@ -123,57 +93,14 @@ def load_shards(folder: str, min_subjets: int, what: str, verify: bool = True) -
     return kept
 
 
-def build_state(config: PretrainConfig, device: torch.device) -> RunState:
-    """Fresh models (seeded by ``config.seed``) and optimizer on ``device``."""
-    torch.manual_seed(config.seed)
-    model = JEPA(config.model).to(device)
-    target = make_target_encoder(model.context_encoder)
-    optimizer = make_optimizer(model, config.lr, config.weight_decay)
-    return RunState(model, target, optimizer, step=0, cursor=Cursor(), scaler=grad_scaler(device, config.precision))
-
-
-def restore_state(state: RunState, checkpoint: dict) -> None:
-    """Load a checkpoint's weights, optimizer, position and RNG into ``state``."""
-    state.model.load_state_dict(checkpoint["model"])
-    state.target_encoder.load_state_dict(checkpoint["target_encoder"])
-    state.optimizer.load_state_dict(checkpoint["optimizer"])
-    state.step = int(checkpoint["step"])
-    state.cursor = Cursor(**checkpoint["cursor"])
-    state.interval_loss = float(checkpoint["interval_loss"])
-    state.interval_steps = int(checkpoint["interval_steps"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    if checkpoint.get("scaler") and state.scaler is not None and state.scaler.is_enabled():
-        state.scaler.load_state_dict(checkpoint["scaler"])
-
-
-def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) -> PretrainCheckpoint:
-    """What ``save_checkpoint`` writes for ``state``."""
-    return PretrainCheckpoint(
-        config=config.to_dict(),
-        model=state.model.state_dict(),
-        target_encoder=state.target_encoder.state_dict(),
-        optimizer=state.optimizer.state_dict(),
-        step=state.step,
-        cursor={"epoch": state.cursor.epoch, "offset": state.cursor.offset},
-        world_size=world_size,
-        interval_loss=state.interval_loss,
-        interval_steps=state.interval_steps,
-        torch_rng=torch.get_rng_state(),
-        scaler=state.scaler.state_dict() if state.scaler is not None else {},
-    )
-
-
 @torch.no_grad()
 def validation_loss(state: RunState, config: PretrainConfig, shards: ShardSet, device: torch.device) -> float:
     """Mean J-JEPA loss over ``val_batches`` batches of the validation shards with fixed masks, read in
     one fixed shuffled order (so a partial validation mixes every shard and sees the same jets every time)."""
-    loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True, rank=0,
-                         world_size=1, epochs=1, fields=PRETRAIN_FIELDS, pin_memory=device.type == "cuda")
     state.model.eval()
     total, count = 0.0, 0
-    for index, batch in enumerate(loader.batches()):
-        if config.val_batches is not None and index >= config.val_batches:
-            break
+    for index, batch in enumerate(evaluation_batches(shards, config.batch_size, PRETRAIN_FIELDS, device,
+                                                     config.val_batches, config.block_size, config.seed)):
         target_mask = draw_targets(config, batch["subjet_mask"], _VAL_RANK, index)
         inputs = batch_inputs(batch, config.transform, device)
         with autocast(device, config.precision):
@@ -193,9 +120,8 @@ def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool =
     dist_info = init_distributed(config.device)
     try:
         shards = load_shards(config.data, config.min_subjets, "training set", verify=config.verify_shards)
-        loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True,
-                             rank=dist_info.rank, world_size=dist_info.world_size, epochs=None,
-                             fields=PRETRAIN_FIELDS, pin_memory=dist_info.device.type == "cuda")
+        loader = training_loader(shards, config.batch_size, config.block_size, config.seed, dist_info.rank,
+                                 dist_info.world_size, PRETRAIN_FIELDS, dist_info.device)
         steps = n_steps or total_steps(config, loader.jets_per_epoch())
         with loader.prefetch(depth=config.prefetch) as batches:
             start = time.perf_counter()
@@ -249,7 +175,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(last)
-        _check_resumable(config, config_from_dict(checkpoint["config"]))
+        check_resumable(config, config_from_dict(checkpoint["config"]))
         check_world_size(int(checkpoint["world_size"]), dist_info, last)
     elif last.exists():
         raise JJepaError(f"{out} already holds a run ({last}); pass --resume to continue it, or choose another --out")
@@ -259,9 +185,8 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
         restore_state(state, checkpoint)
         log.info("resuming %s at step %d", out, state.step)
 
-    loader = ShardLoader(shards, config.batch_size, config.block_size, config.seed, shuffle=True,
-                         rank=dist_info.rank, world_size=dist_info.world_size, epochs=None,
-                         fields=PRETRAIN_FIELDS, pin_memory=device.type == "cuda")
+    loader = training_loader(shards, config.batch_size, config.block_size, config.seed, dist_info.rank,
+                             dist_info.world_size, PRETRAIN_FIELDS, device)
     steps = total_steps(config, loader.jets_per_epoch())
     stop = min(steps, config.stop_after) if config.stop_after is not None else steps
     warmup = int(config.warmup_fraction * steps)
@@ -289,15 +214,12 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
 
     bar = tqdm(total=stop, initial=state.step, disable=not (progress and dist_info.is_main), unit="step",
                dynamic_ncols=True)
-    interval_loss = torch.zeros((), dtype=torch.float64, device=device)
     interval_start, rate_steps = time.perf_counter(), 0  # the rate counts this process's steps only
     row: dict = {}
 
     def save() -> None:
         if dist_info.is_main:
-            state.interval_loss += float(interval_loss)
-            interval_loss.zero_()
-            if not (math.isfinite(state.interval_loss) and _finite_weights(state)):
+            if not (math.isfinite(state.interval.total()) and _finite_weights(state)):
                 raise _diverged(config, state.step, last)
             save_checkpoint(last, checkpoint_dict(state, config, dist_info.world_size))
             keep_step_copy(last, state.step, config.keep_checkpoints)
@@ -321,26 +243,18 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                     result = jepa_forward(model, target_encoder, inputs, target_mask, config.context_sees_targets,
                                           plans=plans)
                 # 4. backward (loss scaled for fp16), clip the unscaled gradients, step
-                state.optimizer.zero_grad(set_to_none=True)
-                state.scaler.scale(result.loss).backward()
-                if config.clip_grad > 0:
-                    state.scaler.unscale_(state.optimizer)
-                    nn.utils.clip_grad_norm_(state.model.parameters(), config.clip_grad)
-                state.scaler.step(state.optimizer)
-                state.scaler.update()
+                optimizer_step(result.loss, state.optimizer, state.scaler, config.clip_grad,
+                               state.model.parameters())
                 # 5. momentum (EMA) update of the target encoder
                 ema_update(state.target_encoder, state.model.context_encoder, momentum)
 
                 state.step, state.cursor = step + 1, batch.cursor
-                interval_loss += result.loss.detach()
-                state.interval_steps += 1
+                state.interval.add(result.loss)
                 rate_steps += 1
                 bar.update(1)
 
                 if state.step % config.log_every == 0 or state.step == steps:
-                    mean_loss = (state.interval_loss + float(interval_loss)) / state.interval_steps
-                    row = _log_row(state, config, dist_info, result, mean_loss, rate_steps, interval_start, lr,
-                                   momentum)
+                    row = _log_row(state, config, dist_info, result, rate_steps, interval_start, lr, momentum)
                     validate = val_shards is not None and (
                         (config.val_every and state.step % config.val_every == 0) or state.step == steps)
                     if validate:
@@ -349,8 +263,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                     if train_log is not None:
                         train_log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", jets_s=f"{row['jets_per_s']:.0f}")
-                    interval_loss.zero_()
-                    state.interval_loss, state.interval_steps = 0.0, 0
+                    state.interval.reset()
                     interval_start, rate_steps = time.perf_counter(), 0
                 if state.step % config.checkpoint_every == 0 and state.step < stop:
                     save()
@@ -402,13 +315,14 @@ def _diverged(config: PretrainConfig, step: int, last: Path) -> JJepaError:
                       f"{config.warmup_fraction:g})")
 
 
-def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, result, mean_loss: float,
-             rate_steps: int, interval_start: float, lr: float, momentum: float) -> dict:
-    """One ``train_log.csv`` row, with the collapse diagnostics of the last batch; warns on collapse.
+def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, result, rate_steps: int,
+             interval_start: float, lr: float, momentum: float) -> dict:
+    """One ``train_log.csv`` row (the mean loss since the last row), with the collapse diagnostics of the
+    last batch; warns on collapse.
 
     A non-finite loss (averaged over ranks, so every rank stops alike) raises the divergence error.
     """
-    loss = mean_over_ranks(mean_loss, dist_info)
+    loss = mean_over_ranks(state.interval.mean(), dist_info)
     if not math.isfinite(loss):
         raise _diverged(config, state.step, Path(config.out) / "checkpoints" / "last.pt")
     elapsed = time.perf_counter() - interval_start

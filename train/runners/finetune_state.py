@@ -1,0 +1,114 @@
+"""The state of a finetuning run (classifier, optimizer, position, best model, early stopping) and its
+``checkpoints/last.pt``, from which ``--resume`` continues exactly."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from jjepa.common.errors import JJepaError
+from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, FinetuneConfig
+from jjepa.train.data.loader import Cursor
+from jjepa.train.mechanics.checkpoint import FinetuneRunCheckpoint, load_checkpoint
+from jjepa.train.mechanics.distributed import DistInfo, grad_scaler
+from jjepa.train.mechanics.meter import RunningLoss
+from jjepa.train.model.classifier import JetClassifier
+from jjepa.train.model.part import PartTagger
+from jjepa.train.runners.finetune_setup import Prepared, build_classifier, tagger_optimizer
+from torch import nn
+
+
+@dataclass
+class FinetuneState:
+    """The mutable state of a finetuning run: what ``checkpoints/last.pt`` holds (``FinetuneRunCheckpoint``)."""
+
+    model: JetClassifier | PartTagger
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # fp16's loss scaler; disabled (a no-op) for bf16 and fp32
+    running: RunningLoss  # this rank's training losses since the last validation
+    best_model: dict
+    step: int = 0
+    cursor: Cursor = field(default_factory=Cursor)
+    bad_evals: int = 0
+    validated: list[int] = field(default_factory=list)
+    best_step: int = 0
+    best_val_loss: float = math.inf
+    done: bool = False
+    train_seconds: float = 0.0
+
+
+
+def build_state(config: FinetuneConfig, data: Prepared, device: torch.device) -> FinetuneState:
+    """The seeded classifier (pretrained encoder loaded), its optimizer and gradient scaler, at step 0."""
+    model = build_classifier(config, data.model_config, len(data.classes), data.pretrained).to(device)
+    return FinetuneState(model=model, optimizer=tagger_optimizer(model, config),
+                         scaler=grad_scaler(device, config.precision),  # fp16 only; a no-op for bf16 and fp32
+                         running=RunningLoss(device),
+                         best_model=copy.deepcopy(model.state_dict()))
+
+
+def run_checkpoint(state: FinetuneState, resolved: dict, dist: DistInfo, running: list[float]) -> FinetuneRunCheckpoint:
+    """What ``last.pt`` holds for ``state`` of the run configured by ``resolved``; ``running`` is every rank's
+    loss sum since the last validation (or rank 0's alone)."""
+    return FinetuneRunCheckpoint(
+        config=resolved, model=state.model.state_dict(), buffers=_unsaved_buffers(state.model),
+        optimizer=state.optimizer.state_dict(),
+        scaler=state.scaler.state_dict() if state.scaler.is_enabled() else {}, step=state.step,
+        cursor={"epoch": state.cursor.epoch, "offset": state.cursor.offset}, world_size=dist.world_size,
+        running_loss=running, running_steps=state.running.steps, bad_evals=state.bad_evals,
+        validated=list(state.validated), best_model=state.best_model, best_step=state.best_step,
+        best_val_loss=state.best_val_loss, done=state.done, train_seconds=state.train_seconds,
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None)
+
+
+def _unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers a state dict leaves out (``persistent=False``), which still steer training: e.g. weaver's
+    ``SequenceTrimmer`` counts forward passes before it starts trimming sequences at random."""
+    persistent = set(model.state_dict())
+    return {name: buffer.detach().clone() for name, buffer in model.named_buffers() if name not in persistent}
+
+
+def restore_state(state: FinetuneState, saved: dict, rank: int, device: torch.device) -> None:
+    """Load a ``FinetuneRunCheckpoint`` into ``state`` (weights, optimizer, scaler, position, RNG)."""
+    state.model.load_state_dict(saved["model"])
+    for name, value in saved["buffers"].items():
+        state.model.get_buffer(name).copy_(value)
+    state.optimizer.load_state_dict(saved["optimizer"])
+    if saved["scaler"] and state.scaler.is_enabled():
+        state.scaler.load_state_dict(saved["scaler"])
+    running = saved["running_loss"]
+    state.running.restore(running[rank] if len(running) > rank else running[0], int(saved["running_steps"]))
+    state.step, state.cursor = int(saved["step"]), Cursor(**saved["cursor"])
+    state.bad_evals = int(saved["bad_evals"])
+    state.validated = [int(s) for s in saved["validated"]]
+    state.best_model, state.best_step = saved["best_model"], int(saved["best_step"])
+    state.best_val_loss, state.done = float(saved["best_val_loss"]), bool(saved["done"])
+    state.train_seconds = float(saved["train_seconds"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+
+
+def check_resumable(resolved: dict, saved: dict, path: Path) -> None:
+    """Every resolved field (the model and transform included) must match the checkpoint's, except those of
+    ``FINETUNE_RESUMABLE_CHANGES``."""
+    changed = sorted(k for k in set(resolved) | set(saved)
+                     if k not in FINETUNE_RESUMABLE_CHANGES and resolved.get(k) != saved.get(k))
+    if changed:
+        raise JJepaError(f"cannot resume {path}: {changed} differ from the checkpoint's configuration; start a new "
+                         "run (--out) to change them")
+
+
+def open_run(config: FinetuneConfig, out: Path, resume: bool) -> dict | None:
+    """The checkpoint to resume (None for a new run); refuses to start over an unfinished run."""
+    last = out / "checkpoints" / "last.pt"
+    if resume:
+        return load_checkpoint(last, kind="finetune_run")
+    if last.exists():
+        raise JJepaError(f"{out} holds an unfinished finetuning run ({last}); pass --resume to continue it, or "
+                         "choose another --out")
+    return None
