@@ -60,8 +60,9 @@ from jjepa.preprocess.driver import ClusterRun, run_cluster
 from jjepa.train.config import resolve_finetune_config, resolve_pretrain_config
 from jjepa.train.data.loader import ShardSet
 from jjepa.train.report.metrics import background_index, tagging_metrics
+from jjepa.train.report.summary import cell_name
 from jjepa.train.runners.pretrain import pretrain
-from jjepa.train.runners.scan import cell_name, scan
+from jjepa.train.runners.scan import scan
 from preprocessing import inputs
 
 log = logging.getLogger("label_efficiency")
@@ -86,12 +87,16 @@ BASELINES = ("scratch", "part")
 PAPER_MIN_SUBJETS = 10
 
 
-def shards(cache: Path, files: list[Path], chunk_size: int) -> Path:
-    """All jets clustered into shards of ``chunk_size`` jets (once)."""
+def shards(cache: Path, files: list[Path], chunk_size: int, n_jets: int) -> Path:
+    """All jets clustered into shards of ``chunk_size`` jets (once); refuses a cache made for another ``n_jets``."""
     out = cache / f"shards-{chunk_size}"
     if not (out / "manifest.json").exists():
         run_cluster(ClusterRun(inputs=tuple(map(str, files)), out=str(out), chunk_size=chunk_size,
                                workers=os.cpu_count() or 1, force=True, progress=True))
+    cached = read_manifest(out).n_jets
+    if cached != n_jets:
+        raise SystemExit(f"{cache} holds {cached} simulated jets, not the --n-jets {n_jets} asked for: pass "
+                         f"--n-jets {cached}, or --cache with another folder for a study of another size")
     return out
 
 
@@ -182,6 +187,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=float, default=10.0)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "jjepa-bench")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch CPU threads (default: every core; fewer to share the machine with another study)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="pretraining config override, e.g. mask_fraction=0.5 (repeatable; part of the cache key)")
     parser.add_argument("--finetune-set", dest="finetune_overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -205,9 +212,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
 
-    folders = split(shards(args.cache, inputs(args.cache, args.n_jets), args.chunk_size), args.cache)
+    folders = split(shards(args.cache, inputs(args.cache, args.n_jets), args.chunk_size, args.n_jets), args.cache)
     if args.ablation:
         print(json.dumps(ablation(args, folders)))
         return

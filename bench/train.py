@@ -39,7 +39,8 @@ import torch
 from jjepa.train.config import PRESETS, resolve_pretrain_config
 from jjepa.train.mechanics.distributed import resolve_device
 from jjepa.train.model.jepa import JEPA
-from jjepa.train.runners.pretrain import io_only, pretrain
+from jjepa.train.runners.io_only import io_only
+from jjepa.train.runners.pretrain import pretrain
 from loader import shards, warm_page_cache
 
 TARGET_RATIO = 10

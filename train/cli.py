@@ -121,7 +121,7 @@ def pretrain(config_file, overrides, resume, io_only, progress, **fields) -> Non
     jjepa-train pretrain ... --resume
     torchrun --nproc-per-node 8 -m jjepa.train pretrain ...
     """
-    from jjepa.train.runners.pretrain import io_only as run_io_only
+    from jjepa.train.runners.io_only import io_only as run_io_only
     from jjepa.train.runners.pretrain import pretrain as run_pretrain
 
     cli = _given(fields)

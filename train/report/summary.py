@@ -42,6 +42,11 @@ _TEXT = frozenset({"mode", "best_at_edge"})
 _FLAGS = frozenset({"rej_at_50_lower_bound", "rej_at_30_lower_bound"})
 
 
+def cell_name(mode: str, fraction: float, seed: int) -> str:
+    """The folder of one run of a scan, e.g. ``finetune-f0.01-s0`` (``scan`` writes it, ``evaluate`` reads it)."""
+    return f"{mode}-f{fraction:g}-s{seed}"
+
+
 def run_row(mode: str, label_fraction: float, seed: int, metrics: Mapping) -> dict:
     """One scan-table row from a run's ``metrics.json`` (older runs without intervals give NaN there)."""
     row: dict = {"mode": mode, "label_fraction": label_fraction, "seed": seed,

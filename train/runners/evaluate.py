@@ -30,8 +30,7 @@ from jjepa.common.errors import JJepaError
 from jjepa.train.report.intervals import paired_deltas
 from jjepa.train.report.metrics import json_safe, tagging_curves
 from jjepa.train.report.plots import plot_rejection_vs_labels, plot_roc
-from jjepa.train.report.summary import read_rows, summarise, summary_markdown, write_rows
-from jjepa.train.runners.scan import cell_name
+from jjepa.train.report.summary import cell_name, read_rows, summarise, summary_markdown, write_rows
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from jjepa.train.mechanics.masking import mask_generator, sample_targets
 from jjepa.train.mechanics.optim import lr_at, optimizer_step, set_lr
 from jjepa.train.mechanics.runlog import RunLog
 from jjepa.train.mechanics.signals import any_rank, stop_requests
-from jjepa.train.model.jepa import jepa_forward
+from jjepa.train.model.jepa import JEPAOutput, jepa_forward
 from jjepa.train.model.packing import plan_jepa
 from jjepa.train.model.subjet_transformer import jet_representation
 from jjepa.train.runners.pretrain_state import (
@@ -112,35 +112,6 @@ def validation_loss(state: RunState, config: PretrainConfig, shards: ShardSet, d
     return total / max(count, 1)
 
 
-def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool = True) -> dict:
-    """Run the input pipeline alone (read, copy to the device, transform, masks) and measure jets/s.
-
-    For diagnosing input stalls: compare with the training step rate. Returns ``{"jets_per_s", ...}``.
-    """
-    dist_info = init_distributed(config.device)
-    try:
-        shards = load_shards(config.data, config.min_subjets, "training set", verify=config.verify_shards)
-        loader = training_loader(shards, config.batch_size, config.block_size, config.seed, dist_info.rank,
-                                 dist_info.world_size, PRETRAIN_FIELDS, dist_info.device)
-        steps = n_steps or total_steps(config, loader.jets_per_epoch())
-        with loader.prefetch(depth=config.prefetch) as batches:
-            start = time.perf_counter()
-            for step, batch in enumerate(tqdm(batches, total=steps, disable=not progress, unit="batch")):
-                target_mask = draw_targets(config, batch["subjet_mask"], dist_info.rank, step)
-                batch_inputs(batch, config.transform, dist_info.device)
-                target_mask.to(dist_info.device, non_blocking=True)
-                if step + 1 == steps:
-                    break
-            if dist_info.device.type == "cuda":
-                torch.cuda.synchronize(dist_info.device)
-            elapsed = time.perf_counter() - start
-        rate = steps * config.batch_size * dist_info.world_size / elapsed
-        log.info("io-only: %d batches of %d jets in %.2f s: %.0f jets/s", steps, config.batch_size, elapsed, rate)
-        return {"jets_per_s": rate, "steps": steps, "batch_size": config.batch_size, "device": str(dist_info.device)}
-    finally:
-        shutdown_distributed()
-
-
 def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Pretrain J-JEPA as configured (see the module docstring for what the run folder gets).
 
@@ -161,8 +132,28 @@ def pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True
         shutdown_distributed()
 
 
+@dataclass
+class Run:
+    """The fixed facts of a pretraining run that the step, log and checkpoint functions share."""
+
+    config: PretrainConfig
+    dist: DistInfo
+    out: Path
+    shards: ShardSet
+    val_shards: ShardSet | None
+    steps: int  # the run's length: the schedules run over it
+    stop: int  # where this call stops (``stop_after``)
+    warmup: int
+    train_model: nn.Module  # the JEPA as trained: DDP- and/or compile-wrapped
+    target_encoder: nn.Module  # the target encoder as run forward: compiled or plain
+    train_log: RunLog | None  # rank 0 only
+
+    @property
+    def last(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+
 def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progress: bool) -> dict:
-    device = dist_info.device
     out = Path(config.out)
     last = out / "checkpoints" / "last.pt"
     shards = load_shards(config.data, config.min_subjets, "training set", verify=config.verify_shards)
@@ -180,104 +171,25 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     elif last.exists():
         raise JJepaError(f"{out} already holds a run ({last}); pass --resume to continue it, or choose another --out")
 
-    state = build_state(config, device)
+    state = build_state(config, dist_info.device)
     if checkpoint is not None:
         restore_state(state, checkpoint)
         log.info("resuming %s at step %d", out, state.step)
 
     loader = training_loader(shards, config.batch_size, config.block_size, config.seed, dist_info.rank,
-                             dist_info.world_size, PRETRAIN_FIELDS, device)
+                             dist_info.world_size, PRETRAIN_FIELDS, dist_info.device)
     steps = total_steps(config, loader.jets_per_epoch())
-    stop = min(steps, config.stop_after) if config.stop_after is not None else steps
-    warmup = int(config.warmup_fraction * steps)
     if checkpoint is not None and state.step >= steps:
         return _finished(out, state.step, steps)
-
-    train_log = None
-    if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump({**config.to_dict(), "total_steps": steps,
-                                           "world_size": dist_info.world_size}, sort_keys=False))
-        resumed_at = state.step if checkpoint is not None else None
-        train_log = RunLog(out / "train_log.csv", LOG_COLUMNS,
-                           keep=None if resumed_at is None else lambda row: int(row["step"]) <= resumed_at)
-
-    model: nn.Module = state.model
-    target_encoder: nn.Module = state.target_encoder
-    if dist_info.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    if config.compile:
-        # dynamic: the packed sequence lengths change from batch to batch; one graph serves them all
-        # (static graphs would recompile for every new length early in the run).
-        model, target_encoder = torch.compile(model, dynamic=True), torch.compile(target_encoder, dynamic=True)
-
-    bar = tqdm(total=stop, initial=state.step, disable=not (progress and dist_info.is_main), unit="step",
-               dynamic_ncols=True)
-    interval_start, rate_steps = time.perf_counter(), 0  # the rate counts this process's steps only
-    row: dict = {}
-
-    def save() -> None:
-        if dist_info.is_main:
-            if not (math.isfinite(state.interval.total()) and _finite_weights(state)):
-                raise _diverged(config, state.step, last)
-            save_checkpoint(last, checkpoint_dict(state, config, dist_info.world_size))
-            keep_step_copy(last, state.step, config.keep_checkpoints)
-
+    run = _make_run(config, dist_info, out, shards, val_shards, steps, state,
+                    resumed_at=state.step if checkpoint is not None else None)
     try:
-        with stop_requests() as terminate, loader.prefetch(state.cursor, depth=config.prefetch) as batches:
-            while state.step < stop:
-                batch = next(batches)
-                step = state.step
-                lr = lr_at(step, steps, config.lr, config.final_lr, warmup)
-                momentum = momentum_at(step, steps, config.ema_start, config.ema_end)
-                set_lr(state.optimizer, lr)
-                target_mask = draw_targets(config, batch["subjet_mask"], dist_info.rank, step)
-                # Packings from the CPU masks: the sequence lengths are known without a device sync.
-                plans = plan_jepa(batch["subjet_mask"], target_mask).to(device)
-                inputs = batch_inputs(batch, config.transform, device)
-                target_mask = target_mask.to(device, non_blocking=True)
-
-                # 1. forward target (no gradient)  2. forward context + predictor  3. L2 loss
-                with autocast(device, config.precision):
-                    result = jepa_forward(model, target_encoder, inputs, target_mask, config.context_sees_targets,
-                                          plans=plans)
-                # 4. backward (loss scaled for fp16), clip the unscaled gradients, step
-                optimizer_step(result.loss, state.optimizer, state.scaler, config.clip_grad,
-                               state.model.parameters())
-                # 5. momentum (EMA) update of the target encoder
-                ema_update(state.target_encoder, state.model.context_encoder, momentum)
-
-                state.step, state.cursor = step + 1, batch.cursor
-                state.interval.add(result.loss)
-                rate_steps += 1
-                bar.update(1)
-
-                if state.step % config.log_every == 0 or state.step == steps:
-                    row = _log_row(state, config, dist_info, result, rate_steps, interval_start, lr, momentum)
-                    validate = val_shards is not None and (
-                        (config.val_every and state.step % config.val_every == 0) or state.step == steps)
-                    if validate:
-                        row["val_loss"] = mean_over_ranks(validation_loss(state, config, val_shards, device),
-                                                          dist_info)
-                    if train_log is not None:
-                        train_log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4g}", jets_s=f"{row['jets_per_s']:.0f}")
-                    state.interval.reset()
-                    interval_start, rate_steps = time.perf_counter(), 0
-                if state.step % config.checkpoint_every == 0 and state.step < stop:
-                    save()
-                # SIGTERM (a batch system's notice): stop between steps; under DDP all ranks agree at a log step.
-                if (dist_info.world_size == 1 or state.step % config.log_every == 0) and \
-                        any_rank(terminate.is_set(), dist_info):
-                    raise KeyboardInterrupt
+        row = _train(state, run, loader, progress)
     except KeyboardInterrupt:
-        save()
+        _save(state, run)
         log.warning("interrupted at step %d; checkpoint saved, continue with --resume", state.step)
         raise
-    finally:
-        bar.close()
-    save()
+    _save(state, run)
     if state.step < steps:
         log.info("stopped at step %d of %d (--stop-after); continue with --resume", state.step, steps)
         return {"step": state.step, "total_steps": steps, "stopped": True}
@@ -287,6 +199,109 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
         write_json_atomic(out / "metrics.json", metrics)
         log.info("pretraining done: %d steps, loss %.4g", state.step, metrics["loss"])
     return metrics
+
+
+def _make_run(config: PretrainConfig, dist_info: DistInfo, out: Path, shards: ShardSet, val_shards: ShardSet | None,
+              steps: int, state: RunState, resumed_at: int | None) -> Run:
+    """The run's step counts and wrapped models; rank 0 writes config.yaml and opens train_log.csv (on
+    resume keeping the rows up to ``resumed_at``)."""
+    train_log = None
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump({**config.to_dict(), "total_steps": steps,
+                                           "world_size": dist_info.world_size}, sort_keys=False))
+        train_log = RunLog(out / "train_log.csv", LOG_COLUMNS,
+                           keep=None if resumed_at is None else lambda row: int(row["step"]) <= resumed_at)
+    model: nn.Module = state.model
+    target_encoder: nn.Module = state.target_encoder
+    if dist_info.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    if config.compile:
+        # dynamic: the packed sequence lengths change from batch to batch; one graph serves them all
+        # (static graphs would recompile for every new length early in the run).
+        model, target_encoder = torch.compile(model, dynamic=True), torch.compile(target_encoder, dynamic=True)
+    return Run(config=config, dist=dist_info, out=out, shards=shards, val_shards=val_shards, steps=steps,
+               stop=min(steps, config.stop_after) if config.stop_after is not None else steps,
+               warmup=int(config.warmup_fraction * steps), train_model=model, target_encoder=target_encoder,
+               train_log=train_log)
+
+
+def _train(state: RunState, run: Run, loader, progress: bool) -> dict:
+    """Steps from ``state.step`` to ``run.stop``, with log rows, validations and checkpoints on the way;
+    returns the last log row. SIGTERM (a batch system's notice) stops between steps as Ctrl-C does."""
+    config, dist_info = run.config, run.dist
+    bar = tqdm(total=run.stop, initial=state.step, disable=not (progress and dist_info.is_main), unit="step",
+               dynamic_ncols=True)
+    interval_start, rate_steps = time.perf_counter(), 0  # the rate counts this process's steps only
+    row: dict = {}
+    try:
+        with stop_requests() as terminate, loader.prefetch(state.cursor, depth=config.prefetch) as batches:
+            while state.step < run.stop:
+                result = train_step(state, run, next(batches))
+                rate_steps += 1
+                bar.update(1)
+                if state.step % config.log_every == 0 or state.step == run.steps:
+                    rate = rate_steps * config.batch_size * dist_info.world_size / (time.perf_counter() - interval_start)
+                    row = log_interval(state, run, result, rate)
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", jets_s=f"{row['jets_per_s']:.0f}")
+                    interval_start, rate_steps = time.perf_counter(), 0
+                if state.step % config.checkpoint_every == 0 and state.step < run.stop:
+                    _save(state, run)
+                # under DDP all ranks agree on a SIGTERM at a log step
+                if (dist_info.world_size == 1 or state.step % config.log_every == 0) and \
+                        any_rank(terminate.is_set(), dist_info):
+                    raise KeyboardInterrupt
+    finally:
+        bar.close()
+    return row
+
+
+def train_step(state: RunState, run: Run, batch) -> JEPAOutput:
+    """One J-JEPA step on ``batch``: targets, forward, L2 loss, optimizer step, EMA update of the target encoder."""
+    config, device, step = run.config, run.dist.device, state.step
+    set_lr(state.optimizer, lr_at(step, run.steps, config.lr, config.final_lr, run.warmup))
+    target_mask = draw_targets(config, batch["subjet_mask"], run.dist.rank, step)
+    # Packings from the CPU masks: the sequence lengths are known without a device sync.
+    plans = plan_jepa(batch["subjet_mask"], target_mask).to(device)
+    inputs = batch_inputs(batch, config.transform, device)
+    target_mask = target_mask.to(device, non_blocking=True)
+
+    # 1. forward target (no gradient)  2. forward context + predictor  3. L2 loss
+    with autocast(device, config.precision):
+        result = jepa_forward(run.train_model, run.target_encoder, inputs, target_mask, config.context_sees_targets,
+                              plans=plans)
+    # 4. backward (loss scaled for fp16), clip the unscaled gradients, step
+    optimizer_step(result.loss, state.optimizer, state.scaler, config.clip_grad, state.model.parameters())
+    # 5. momentum (EMA) update of the target encoder
+    ema_update(state.target_encoder, state.model.context_encoder,
+               momentum_at(step, run.steps, config.ema_start, config.ema_end))
+    state.step, state.cursor = step + 1, batch.cursor
+    state.interval.add(result.loss)
+    return result
+
+
+def log_interval(state: RunState, run: Run, result: JEPAOutput, jets_per_s: float) -> dict:
+    """Close a log interval: a ``train_log.csv`` row (with the validation loss when one is due), and the
+    running loss reset."""
+    config = run.config
+    row = _log_row(state, run, result, jets_per_s)
+    if run.val_shards is not None and ((config.val_every and state.step % config.val_every == 0)
+                                       or state.step == run.steps):
+        row["val_loss"] = mean_over_ranks(validation_loss(state, config, run.val_shards, run.dist.device), run.dist)
+    if run.train_log is not None:
+        run.train_log.write(row)
+    state.interval.reset()
+    return row
+
+
+def _save(state: RunState, run: Run) -> None:
+    """Write ``last.pt`` (rank 0), never from a diverged state, and keep a step copy if configured."""
+    if run.dist.is_main:
+        if not (math.isfinite(state.interval.total()) and _finite_weights(state)):
+            raise _diverged(run.config, state.step, run.last)
+        save_checkpoint(run.last, checkpoint_dict(state, run.config, run.dist.world_size))
+        keep_step_copy(run.last, state.step, run.config.keep_checkpoints)
 
 
 def _finished(out: Path, step: int, steps: int) -> dict:
@@ -315,22 +330,22 @@ def _diverged(config: PretrainConfig, step: int, last: Path) -> JJepaError:
                       f"{config.warmup_fraction:g})")
 
 
-def _log_row(state: RunState, config: PretrainConfig, dist_info: DistInfo, result, rate_steps: int,
-             interval_start: float, lr: float, momentum: float) -> dict:
+def _log_row(state: RunState, run: Run, result: JEPAOutput, jets_per_s: float) -> dict:
     """One ``train_log.csv`` row (the mean loss since the last row), with the collapse diagnostics of the
     last batch; warns on collapse.
 
     A non-finite loss (averaged over ranks, so every rank stops alike) raises the divergence error.
     """
-    loss = mean_over_ranks(state.interval.mean(), dist_info)
+    config, step = run.config, state.step
+    loss = mean_over_ranks(state.interval.mean(), run.dist)
     if not math.isfinite(loss):
-        raise _diverged(config, state.step, Path(config.out) / "checkpoints" / "last.pt")
-    elapsed = time.perf_counter() - interval_start
+        raise _diverged(config, step, run.last)
     reps = jet_representation(result.target_reps.float(), result.subjet_mask)
     std, rank = representation_std(reps), effective_rank(reps)
     if std < config.collapse_std or rank < config.collapse_rank:
         log.warning("step %d: the target representation may be collapsing (std %.3g, effective rank %.3g); "
-                    "check the EMA schedule (ema_start) and the learning rate", state.step, std, rank)
-    return {"step": state.step, "epoch": state.cursor.epoch, "loss": loss, "lr": lr, "momentum": momentum,
-            "jets_per_s": rate_steps * config.batch_size * dist_info.world_size / elapsed,
-            "target_std": std, "target_rank": rank}
+                    "check the EMA schedule (ema_start) and the learning rate", step, std, rank)
+    return {"step": step, "epoch": state.cursor.epoch, "loss": loss,
+            "lr": lr_at(step - 1, run.steps, config.lr, config.final_lr, run.warmup),
+            "momentum": momentum_at(step - 1, run.steps, config.ema_start, config.ema_end),
+            "jets_per_s": jets_per_s, "target_std": std, "target_rank": rank}

@@ -21,16 +21,11 @@ from pathlib import Path
 from jjepa.common.atomic import atomic_path
 from jjepa.train.config import FinetuneConfig
 from jjepa.train.report.plots import plot_rejection_vs_labels
-from jjepa.train.report.summary import run_row, summarise, summary_markdown, write_rows
+from jjepa.train.report.summary import cell_name, run_row, summarise, summary_markdown, write_rows
 from jjepa.train.runners.finetune import finetune
 
 log = logging.getLogger(__name__)
 
-
-
-def cell_name(mode: str, fraction: float, seed: int) -> str:
-    """The folder of one cell, e.g. ``finetune-f0.01-s0``."""
-    return f"{mode}-f{fraction:g}-s{seed}"
 
 
 def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: list[int], out: str | Path,
