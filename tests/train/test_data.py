@@ -21,7 +21,9 @@ from jjepa.train.data.loader import (
     ShardLoader,
     ShardSet,
     epoch_order,
+    evaluation_batches,
     rank_share,
+    training_loader,
 )
 
 #: Uneven shard lengths (one empty, one of two jets) so that no block or batch size divides them all.
@@ -310,3 +312,41 @@ def test_an_empty_manifest_is_a_clear_error(tmp_path):
     write_manifest(tmp_path, Manifest(cluster=ClusterConfig(), classes=CLASSES))
     with pytest.raises(ShardError, match="lists no shards"):
         ShardSet(tmp_path)
+
+
+# --- the loaders the runners use ----------------------------------------------------------------------
+
+def test_evaluation_batches_read_every_jet_in_file_order(indexed):
+    import torch
+
+    batches = list(evaluation_batches(ShardSet(indexed), 50, FIELDS, torch.device("cpu")))
+    assert [len(b) for b in batches] == [50, 50, 50, 50, 23]
+    np.testing.assert_array_equal(np.concatenate([ids(b) for b in batches]), np.arange(TOTAL))
+
+
+def test_partial_evaluation_is_the_same_mixed_jets_every_time(indexed):
+    """``max_batches``: that many batches of a fixed shuffled block order, so a partial validation mixes the
+    shards (not the first shard's jets) and scores the same jets at every validation."""
+    import torch
+
+    def read():
+        return np.concatenate([ids(b) for b in evaluation_batches(ShardSet(indexed), 20, FIELDS, torch.device("cpu"),
+                                                                   max_batches=3, block_size=8, seed=5)])
+
+    first = read()
+    assert len(first) == 60 and len(set(first)) == 60
+    np.testing.assert_array_equal(first, read())
+    assert not np.array_equal(first, np.arange(60)), "a partial validation must not read the files in order"
+
+
+def test_training_loader_streams_full_shuffled_batches_of_a_rank_share(indexed):
+    import torch
+
+    loaders = [training_loader(ShardSet(indexed), 16, 8, 0, rank, 2, FIELDS, torch.device("cpu")) for rank in (0, 1)]
+    firsts = []
+    for loader in loaders:
+        batches = loader.batches()
+        epoch = [next(batches) for _ in range(-(-loader.jets_per_epoch() // 16) + 2)]  # past an epoch's end
+        assert all(len(b) == 16 for b in epoch), "a training stream runs on across epochs with full batches"
+        firsts.append(set(np.concatenate([ids(b) for b in epoch[:loader.jets_per_epoch() // 16]])))
+    assert not firsts[0] & firsts[1], "the two ranks' shares overlap"

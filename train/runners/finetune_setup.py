@@ -39,7 +39,6 @@ class Prepared:
     resolved: dict  # the resolved configuration written to config.yaml and the checkpoints
 
 
-
 def prepare(config: FinetuneConfig, device: torch.device) -> Prepared:
     """Open the shard sets, check them against each other, draw the label subset, resolve the architecture."""
     train_set, val_set, test_set = (ShardSet(f, verify=config.verify_shards) for f in (config.train, config.val,
@@ -66,7 +65,6 @@ def prepare(config: FinetuneConfig, device: torch.device) -> Prepared:
     resolved = {**config.to_dict(), "model": model_config and asdict(model_config), "transform": asdict(transform)}
     return Prepared(train_set, val_set, test_set, classes, torch.from_numpy(mapping).to(device), model_config,
                     transform, pretrained, kept, n_available, resolved)
-
 
 
 def architecture(config: FinetuneConfig, checkpoint: dict | None,
@@ -125,7 +123,6 @@ def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet) -> tuple[tup
         log.info("classes with training jets: %s (the others named by the shards are dropped)",
                  [names[i] for i in present])
     return tuple(names[i] for i in present), mapping
-
 
 
 def tagger_optimizer(model: JetClassifier | PartTagger, config: FinetuneConfig) -> torch.optim.AdamW:

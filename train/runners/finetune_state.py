@@ -40,7 +40,6 @@ class FinetuneState:
     train_seconds: float = 0.0
 
 
-
 def build_state(config: FinetuneConfig, data: Prepared, device: torch.device) -> FinetuneState:
     """The seeded classifier (pretrained encoder loaded), its optimizer and gradient scaler, at step 0."""
     model = build_classifier(config, data.model_config, len(data.classes), data.pretrained).to(device)

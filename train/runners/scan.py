@@ -27,7 +27,6 @@ from jjepa.train.runners.finetune import finetune
 log = logging.getLogger(__name__)
 
 
-
 def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: list[int], out: str | Path,
          progress: bool = True) -> list[dict]:
     """Run (or skip, when done) every cell, then write the scan table, the summary and the figure.
