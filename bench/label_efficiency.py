@@ -20,7 +20,8 @@ JSON line gives. Example::
 
 ``--ablation`` measures every departure from the paper's code (docs/paper.md) instead: each switch
 of ``SWITCHES`` flipped alone from our default (``ours+<switch>``) and from the paper profile
-(``paper-<switch>``), every variant pretrained once and finetuned at each ``--labels`` × ``--seeds``.
+(``paper-<switch>``), and each option of ``OPTIONS`` set alone from ours, every variant pretrained once
+and finetuned at each ``--labels`` × ``--seeds``.
 Variants are compared with their reference (``ours`` or ``paper``) on the *validation* jets (the test
 set is never read), paired (same jets, same seeds) with the two-level bootstrap of
 ``jjepa.train.report.intervals.paired_deltas``: ΔAUC and the ratio of rejections at εS = 0.5 with
@@ -76,10 +77,14 @@ MODEL = {f"model.{key}": value for key, value in
 #: the paper's value, also a finetuning key). Our value is whatever the benchmark's config resolves to.
 SWITCHES: dict[str, tuple[str, str, bool]] = {
     "encoder_positions": ("model.encoder_positions", "true", False),
-    "target_selection": ("target_selection", "hardest", False),
     "context_sees_targets": ("context_sees_targets", "true", False),
     "mlp_ratio": ("model.mlp_ratio", "1.0", False),
     "min_subjets": ("min_subjets", "10", True),
+}
+#: Options that are neither ours nor the paper's, measured against ours alone (same layout as ``SWITCHES``):
+#: targets among the 10 hardest subjets, as the reference's particle-level masks choose particles.
+OPTIONS: dict[str, tuple[str, str, bool]] = {
+    "target_selection": ("target_selection", "hardest", False),
 }
 #: Modes that use no pretraining: trained once per finetuning seed, and what the others are compared with.
 BASELINES = ("scratch", "part")
@@ -261,21 +266,26 @@ def ablation_variants(ours: dict[str, str]) -> dict[str, tuple[dict[str, str], d
         ours: per switch, our value as the benchmark's config resolves it (a string, as ``--set`` gives).
 
     ``ours`` and ``paper`` are the references; ``ours+S`` flips switch S to the paper's value, ``paper-S``
-    flips it back to ours. Overrides hold only the switches that differ from our default, so ``ours`` is
-    the plain benchmark's run and shares its cache.
+    flips it back to ours; ``ours+O`` sets option O of ``OPTIONS``. Overrides hold only the values that
+    differ from our default, so ``ours`` is the plain benchmark's run and shares its cache.
     """
+    knobs = {**SWITCHES, **OPTIONS}
+
     def overrides(values: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-        pre = {SWITCHES[n][0]: v for n, v in values.items() if v != ours[n]}
-        ft = {SWITCHES[n][0]: v for n, v in values.items() if SWITCHES[n][2] and v != ours[n]}
+        pre = {knobs[n][0]: v for n, v in values.items() if v != ours[n]}
+        ft = {knobs[n][0]: v for n, v in values.items() if knobs[n][2] and v != ours[n]}
         return pre, ft
 
-    paper = {name: value for name, (_, value, _) in SWITCHES.items()}
+    paper = {**ours, **{name: value for name, (_, value, _) in SWITCHES.items()}}
     variants = {"ours": (*overrides(ours), None), "paper": (*overrides(paper), None)}
     for name in SWITCHES:
         if paper[name] == ours[name]:
             continue
         variants[f"ours+{name}"] = (*overrides({**ours, name: paper[name]}), "ours")
         variants[f"paper-{name}"] = (*overrides({**paper, name: ours[name]}), "paper")
+    for name, (_, value, _) in OPTIONS.items():
+        if value != ours[name]:
+            variants[f"ours+{name}"] = (*overrides({**ours, name: value}), "ours")
     return variants
 
 
@@ -333,7 +343,7 @@ def ablation(args, folders: dict[str, Path]) -> dict:
     common = parse_pairs(args.overrides)
     base = resolve_pretrain_config({"steps": args.pretrain_steps, "preset": "tiny", **MODEL, **common})
     ours = {}
-    for name, (key, _, _) in SWITCHES.items():
+    for name, (key, _, _) in {**SWITCHES, **OPTIONS}.items():
         value = base
         for part in key.split("."):
             value = getattr(value, part)

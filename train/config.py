@@ -139,10 +139,11 @@ class PretrainConfig:
             subjets only. True: the paper's masking, both encoders see the whole jet and the outputs
             are masked afterwards; in our label-efficiency benchmark it pretrained no useful
             representation (docs/performance.md), so it is kept for reproducing the paper only.
-        target_selection: ``random`` (default): targets drawn uniformly among all real subjets.
-            ``hardest`` (the paper's): targets drawn among the ``target_pool`` hardest (highest-pT)
-            real subjets; the context is every other real subjet, soft ones included.
-        target_pool: the subjets that ``hardest`` draws targets from (the paper: 10).
+        target_selection: ``random`` (default; the paper's code also draws at random, among all 20 slots):
+            targets drawn uniformly among all real subjets. ``hardest`` (an option): targets drawn among
+            the ``target_pool`` hardest (highest-pT) real subjets; the context is every other real subjet,
+            soft ones included.
+        target_pool: the subjets that ``hardest`` draws targets from.
         min_subjets: jets with fewer real subjets are left out of the training and validation sets
             at load time (no re-clustering); 0 keeps every jet (default). The paper uses 10.
         block_size: jets per contiguous block of the shuffled reading order.

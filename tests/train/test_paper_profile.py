@@ -214,14 +214,14 @@ REFERENCE_PRETRAIN = {
     # options/ViT_L.json
     "model.embed_dim": 1024, "model.depth": 24, "model.n_heads": 16, "model.mlp_ratio": 1.0,
     "model.predictor_dim": 512, "model.predictor_depth": 12, "model.predictor_heads": 16,
-    "epochs": 300.0, "lr": 1e-4, "weight_decay": 0.01, "ema_start": 0.99, "target_pool": 10,
+    "epochs": 300.0, "lr": 1e-4, "weight_decay": 0.01, "ema_start": 0.99,
     # src/models/jjepa.py, src/util/positional_embedding.py
     "model.encoder_positions": True, "context_sees_targets": True,
     # src/models/train_model.py
     "mask_fraction": 0.3, "batch_size": 256, "ema_end": 1.0, "warmup_fraction": 0.0, "final_lr": 0.0,
-    "clip_grad": 0.0,
-    # src/util/create_random_masks.py; the >= 10-subjet jet filter
-    "target_selection": "hardest", "min_subjets": 10,
+    "clip_grad": 0.0, "target_selection": "random",
+    # src/dataset/JetDataset.py filter_good_jets: the >= 10-subjet jet filter
+    "min_subjets": 10,
 }
 #: src/evaluation/finetune.py
 REFERENCE_FINETUNE = {
@@ -262,10 +262,13 @@ def test_every_ablation_variant_flips_exactly_one_switch_of_its_reference(monkey
     variants = label_efficiency.ablation_variants(ours)
     assert variants["ours"] == ({}, {}, None)
     paper_pre, paper_ft, _ = variants["paper"]
-    assert paper_pre == {"model.encoder_positions": "true", "target_selection": "hardest",
-                         "context_sees_targets": "true", "model.mlp_ratio": "1.0", "min_subjets": "10"}
+    assert paper_pre == {"model.encoder_positions": "true", "context_sees_targets": "true", "model.mlp_ratio": "1.0",
+                         "min_subjets": "10"}, "the paper's code draws targets at random: not a departure"
     assert paper_ft == {"min_subjets": "10"}
-    assert len(variants) == 2 + 2 * len(ours)
+    # each departure flipped from ours and from the paper, and each option (hardest targets) from ours
+    assert set(variants) == {"ours", "paper", "ours+target_selection"} | {
+        f"{side}{name}" for side in ("ours+", "paper-") for name in ours if name != "target_selection"}
+    assert variants["ours+target_selection"] == ({"target_selection": "hardest"}, {}, "ours")
     for name, (pre, ft, reference) in variants.items():
         if reference is None:
             continue
