@@ -20,6 +20,7 @@ Prints one JSON line. Examples::
 
     python bench/train.py
     python bench/train.py --device cuda --presets small,base,paper
+    python bench/train.py --presets tiny --set model.encoder_positions=true   # a switch's cost, as a ratio
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from jjepa.common.cli_utils import parse_pairs
 from jjepa.train.config import PRESETS, resolve_pretrain_config
 from jjepa.train.mechanics.distributed import resolve_device
 from jjepa.train.model.jepa import JEPA
@@ -68,13 +70,14 @@ def n_params(preset: str, n_subjets: int, n_particles: int) -> int:
 
 
 def step_rate(folder: Path, preset: str, batch_size: int, warmup: int, timed: int, device: str,
-              compile_model: bool) -> dict:
-    """Jets/s of ``pretrain`` over ``timed`` steps after ``warmup`` steps, from its ``train_log.csv``."""
+              compile_model: bool, overrides: dict[str, str] | None = None) -> dict:
+    """Jets/s of ``pretrain`` over ``timed`` steps after ``warmup`` steps, from its ``train_log.csv``;
+    ``overrides``: config keys set on top of the preset (``--set``)."""
     with tempfile.TemporaryDirectory(prefix="jjepa-bench-train-") as tmp:
         config = resolve_pretrain_config({
             "data": str(folder), "out": str(Path(tmp) / "run"), "preset": preset, "steps": warmup + timed,
             "batch_size": batch_size, "log_every": warmup, "checkpoint_every": 10**9, "device": device,
-            "compile": compile_model, "val_every": 0,
+            "compile": compile_model, "val_every": 0, **(overrides or {}),
         })
         start = time.perf_counter()
         pretrain(config, progress=False)
@@ -121,6 +124,9 @@ def main() -> None:
     parser.add_argument("--n-subjets", type=int, default=20, help="S")
     parser.add_argument("--n-particles", type=int, default=30, help="N")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "jjepa-bench")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="also time each preset with these config overrides (e.g. model.encoder_positions=true), "
+                             "alternating with the plain preset, and print the ratio (repeatable)")
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.ERROR)
@@ -158,6 +164,17 @@ def main() -> None:
             entry[f"s_per_step{suffix}"] = round(rate["s_per_step"], 4)
             entry[f"wall_s{suffix}"] = round(rate["wall_s"], 1)
             best = max(best, rate["jets_per_s"])
+        if args.overrides:
+            # alternate plain and overridden runs, best of each, so drifting load hits both alike
+            overrides = parse_pairs(args.overrides)
+            plain, changed = [entry["jets_per_s"]], []
+            for repeat in range(2):
+                changed.append(step_rate(folder, preset, batch, warmup, timed, str(device), False, overrides)["jets_per_s"])
+                if repeat == 0:
+                    plain.append(step_rate(folder, preset, batch, warmup, timed, str(device), False)["jets_per_s"])
+            entry["with_set"] = {"overrides": overrides, "jets_per_s": round(max(changed), 1),
+                                 "plain_jets_per_s": round(max(plain), 1),
+                                 "ratio_set_vs_plain": round(max(changed) / max(plain), 3)}
         entry["loader_jets_per_s"] = round(loader_rates[batch])
         entry["ratio_loader_vs_step"] = round(loader_rates[batch] / best, 1)
         results.append(entry)
