@@ -40,6 +40,10 @@ pretraining compared with ours on validation jets only (where defaults are chose
 
     python bench/label_efficiency.py --protocol --n-jets 400000 --pretrain-seeds 0,1 --seeds 0,1 \
         --modes finetune,freeze --alternative context_sees_targets=true
+
+``--modes ...,part`` adds the ParT baseline: like ``scratch`` it uses no pretraining, is trained once per
+finetuning seed, and every other mode is also compared with it; ``--part-set`` sizes it (its own scan
+folder), e.g. the CPU size ``--part-set part.embed_dim=32 --part-set part.num_layers=2 ...``.
 """
 
 from __future__ import annotations
