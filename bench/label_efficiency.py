@@ -219,6 +219,8 @@ def main() -> None:
                         help="--protocol: a pretraining variant (e.g. context_sees_targets=true) compared with ours "
                              "on validation jets only (first pretraining seed, finetune mode), to choose defaults")
     args = parser.parse_args()
+    if args.part_overrides and not (args.protocol and "part" in args.modes.split(",")):
+        parser.error("--part-set sizes the part mode of --protocol: add --protocol and part to --modes")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("distributed").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)

@@ -36,6 +36,8 @@ from jjepa.train.data.integrity import verify_shards
 PRETRAIN_FIELDS: tuple[str, ...] = ("particles", "particle_mask", "subjets", "subjet_mask")
 #: What finetuning reads: ``labels``, and ``jets`` (pT, η, E of the jet), inputs of the ``part`` mode.
 FINETUNE_FIELDS: tuple[str, ...] = PRETRAIN_FIELDS + ("labels", "jets")
+#: Jets per block of the fixed shuffled order of a partial validation (``evaluation_batches``'s ``max_batches``).
+VAL_BLOCK = 64
 #: Batch dtypes: the schema's, float32 ``particles`` also for float16 shards (converted while copying).
 _TORCH_DTYPES = {spec.name: torch.from_numpy(np.zeros(0, spec.dtype)).dtype for spec in SHARD_ARRAYS}
 
@@ -373,7 +375,8 @@ def training_loader(shards: ShardSet, batch_size: int, block_size: int, seed: in
 
 
 def evaluation_batches(shards: ShardSet, batch_size: int, fields: tuple[str, ...], device: torch.device,
-                       max_batches: int | None = None, block_size: int = 64, seed: int = 0) -> Iterator[JetBatch]:
+                       max_batches: int | None = None, block_size: int = VAL_BLOCK,
+                       seed: int = 0) -> Iterator[JetBatch]:
     """One pass over ``shards`` in one process: every jet in file order, or (``max_batches``) the first
     ``max_batches`` batches of a fixed shuffled order of ``block_size``-jet blocks seeded by ``seed``, so a
     partial validation mixes every shard and sees the same jets every time."""

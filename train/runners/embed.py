@@ -60,7 +60,8 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
         embeddings = f.create_dataset("embeddings", (n_jets, saved.model.embed_dim), dtype="float32")
         labels = f.create_dataset("labels", (n_jets,), dtype="int64")
         at = 0
-        for batch in tqdm(evaluation_batches(shards, batch_size, FINETUNE_FIELDS, torch_device), total=-(-n_jets // batch_size), disable=not progress, unit="batch"):
+        batches = evaluation_batches(shards, batch_size, FINETUNE_FIELDS, torch_device)
+        for batch in tqdm(batches, total=-(-n_jets // batch_size), disable=not progress, unit="batch"):
             inputs, y = to_device(batch, saved.transform, torch_device)
             reps = jet_representation(model(inputs).float(), inputs.subjet_mask)
             embeddings[at:at + len(y)] = reps.cpu().numpy()

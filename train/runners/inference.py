@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from jjepa.train.data.loader import FINETUNE_FIELDS, ShardSet, epoch_order, evaluation_batches
+from jjepa.train.data.loader import FINETUNE_FIELDS, VAL_BLOCK, ShardSet, epoch_order, evaluation_batches
 from jjepa.train.data.part_inputs import PartFeatures
 from jjepa.train.data.transform import InputTransform, batch_inputs
 from jjepa.train.mechanics.distributed import DistInfo, autocast, gather_objects
 from torch import nn
-
-#: Jets per block of the fixed shuffled order of a partial validation (``val_batches``).
-VAL_BLOCK = 64
 
 
 def to_device(batch, transform: InputTransform, device: torch.device, label_map: torch.Tensor | None = None):
@@ -45,7 +42,7 @@ def predict(model: nn.Module, shards: ShardSet, transform: InputTransform, devic
     was_training = model.training
     model.eval()
     probs, labels = [], []
-    for batch in evaluation_batches(shards, batch_size, FINETUNE_FIELDS, device, max_batches, VAL_BLOCK):
+    for batch in evaluation_batches(shards, batch_size, FINETUNE_FIELDS, device, max_batches):
         inputs, y = to_device(batch, transform, device, label_map)
         with autocast(device, precision):
             logits = model(inputs)

@@ -374,7 +374,8 @@ def predict(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
     with atomic_path(out) as tmp:
         writer = _WRITERS[fmt](tmp, n_jets, columns, metadata)
         try:
-            for batch in tqdm(evaluation_batches(shards, batch_size, FINETUNE_FIELDS, torch_device), total=-(-n_jets // batch_size), disable=not progress, unit="batch",
+            batches = evaluation_batches(shards, batch_size, FINETUNE_FIELDS, torch_device)
+            for batch in tqdm(batches, total=-(-n_jets // batch_size), disable=not progress, unit="batch",
                               desc="predict"):
                 inputs = tagger.inputs(batch.to(torch_device))
                 with autocast(torch_device, tagger.precision):
