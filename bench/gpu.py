@@ -57,6 +57,7 @@ from jjepa.train.model.classifier import JetClassifier
 from jjepa.train.model.jepa import JEPA, jepa_forward
 from jjepa.train.model.packing import plan_jepa
 from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 log = logging.getLogger("bench.gpu")
@@ -171,7 +172,9 @@ class PretrainStep:
                                 plans=plans if pack else None, pack=pack)
 
     def __call__(self, batch) -> None:
-        result = self.forward(self.prepare(batch))
+        with record_function("host: masks, plans, copies"):
+            prepared = self.prepare(batch)
+        result = self.forward(prepared)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -301,8 +304,51 @@ def flop_counts(step: PretrainStep, setup: Setup, batch_size: int, n_batches: in
             "packing_flop_ratio": None if masked is None else round(masked / max(packed, 1), 2)}
 
 
+def busy_fraction(intervals: list[tuple[float, float]], span: float) -> float:
+    """The fraction of ``span`` covered by the union of ``intervals`` (start, end), in the same unit.
+
+    With the kernels' intervals and the wall time of the steps that launched them, this is how busy the
+    GPU was: what is missing is time it waited on the host (masks, copies, launches, synchronisations).
+    """
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered / span if span > 0 else 0.0
+
+
+def profile_steps(step, setup: Setup, batch_size: int, path: Path) -> dict:
+    """Profile ``setup.timed`` warm steps of ``step`` with ``torch.profiler``.
+
+    Writes the operators with the most self time (device time on a GPU, CPU time otherwise) as a table
+    to ``path``, and returns the device's busy fraction (union of kernel intervals ÷ wall time of the
+    profiled steps; the profiler's own host overhead makes it a lower bound) and kernels per step.
+    """
+    cuda = setup.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with loader_for(setup, batch_size).prefetch(depth=setup.prefetch) as batches:
+        step(next(batches))
+        sync(setup.device)
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            for _ in range(setup.timed):
+                step(next(batches))
+            sync(setup.device)
+            wall = time.perf_counter() - start
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    sort_by = "self_device_time_total" if kernels else "self_cpu_time_total"
+    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=40))
+    out = {"steps": setup.timed, "s_per_step_profiled": round(wall / setup.timed, 5), "table": path.name}
+    if kernels:
+        out["kernels_per_step"] = round(len(kernels) / setup.timed)
+        out["device_busy_fraction"] = round(busy_fraction(
+            [(e.time_range.start, e.time_range.end) for e in kernels], wall * 1e6), 3)
+    return out
+
+
 def bench_preset(preset: str, setup: Setup, ladder: tuple[int, ...], compile_runs: list[bool], peak: float | None,
-                 finetune: bool, io_batches: int) -> dict:
+                 finetune: bool, io_batches: int, profile_dir: Path | None = None) -> dict:
     """Everything measured for one preset (see the module docstring)."""
     entry: dict = {"preset": preset}
     step = PretrainStep(preset, setup)
@@ -325,6 +371,17 @@ def bench_preset(preset: str, setup: Setup, ladder: tuple[int, ...], compile_run
                 entry["compiled"] = timed_steps(step, setup, batch_size, warmup=setup.warmup + 5)
             except Exception as err:  # a compiler failure is a finding, not the end of the benchmark
                 entry["compiled"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+    if profile_dir is not None:
+        entry["profile"] = {"skipped": "time budget"}
+        if setup.left() >= 20:
+            compiled = "jets_per_s" in entry.get("compiled", {})
+            if not compiled:
+                step.run_model, step.run_target = step.model, step.target
+            try:
+                entry["profile"] = {"compiled": compiled, **profile_steps(
+                    step, setup, batch_size, profile_dir / f"profile-{preset}.txt")}
+            except Exception as err:  # the profile is a diagnosis: its failure must not lose the figures
+                entry["profile"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
     del step
     free(setup.device)
     rates = [entry[k]["jets_per_s"] for k in ("eager", "compiled") if "jets_per_s" in entry.get(k, {})]
@@ -383,6 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-subjets", type=int, default=20, help="S")
     parser.add_argument("--n-particles", type=int, default=30, help="N")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "jjepa-bench")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="also profile each preset's steps (compiled where it compiled): one operator table "
+                             "per preset in DIR, and the device's busy fraction in the JSON")
     return parser.parse_args(argv)
 
 
@@ -400,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(presets) - set(PRESETS))
     if unknown:
         sys.exit(f"bench/gpu.py: unknown preset(s) {unknown}; presets: {list(PRESETS)}")
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     folder = toy_shards(args.cache, args.shards or (2 if args.quick else 4),
                         args.jets_per_shard or (256 if args.quick else 8192), args.n_subjets, args.n_particles)
     setup = Setup(shards=ShardSet(folder), device=device, precision=resolve_precision(args.precision, device),
@@ -433,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
             share = replace(setup, deadline=time.perf_counter() + setup.left() / (len(presets) - index))
             ladder = QUICK_LADDER if args.quick else BATCH_LADDER.get(preset, (256,))
             result["presets"].append(bench_preset(preset, share, ladder, compile_runs, peak,
-                                                  not args.no_finetune, io_batches))
+                                                  not args.no_finetune, io_batches, args.profile))
         ratios = [e["loader_vs_step"] for e in result["presets"] if "loader_vs_step" in e]
         paper = next((e for e in result["presets"] if e["preset"] == "paper"), {})
         result["targets"] = {

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def run_bench(*args: str) -> dict:
 
 
 def test_quick_cpu_run_reports_every_section(tmp_path):
-    result = run_bench("--device", "cpu", "--quick", "--cache", str(tmp_path))
+    result = run_bench("--device", "cpu", "--quick", "--cache", str(tmp_path), "--profile", str(tmp_path / "prof"))
     assert result["device"] == "cpu" and result["precision"] == "fp32"
     assert result["input"]["jets_per_s"] > 0 and result["input"]["jets_per_s_unpinned_no_prefetch"] > 0
     (tiny,) = result["presets"]
@@ -35,6 +36,11 @@ def test_quick_cpu_run_reports_every_section(tmp_path):
     assert 0 < tiny["flops_per_jet_step"] < tiny["flops_per_jet_step_masked"]
     assert tiny["loader_vs_step"] > 0 and tiny["finetune"]["jets_per_s"] > 0
     assert set(result["targets"]) >= {"loader_met", "paper_mfu_met"}
+    profiled = tiny["profile"]
+    assert profiled["compiled"] is False and profiled["steps"] == 2
+    assert "device_busy_fraction" not in profiled  # no kernels on a CPU
+    table = (tmp_path / "prof" / profiled["table"]).read_text()
+    assert "host: masks, plans, copies" in table and "aten::" in table
 
 
 def test_flops_only_counts_packed_and_masked_steps(tmp_path):
@@ -44,14 +50,48 @@ def test_flops_only_counts_packed_and_masked_steps(tmp_path):
     assert tiny["packing_flop_ratio"] > 1
 
 
-def test_peak_table_matches_device_names():
+def bench_module():
     sys.path.insert(0, str(BENCH.parent))
     try:
-        from gpu import peak_tflops
+        import gpu
     finally:
         sys.path.remove(str(BENCH.parent))
+    return gpu
+
+
+def test_busy_fraction_is_the_union_of_kernel_intervals():
+    busy_fraction = bench_module().busy_fraction
+    # [0, 10] and [5, 20] overlap into [0, 20]; [30, 40] adds 10; [32, 35] lies inside it.
+    assert busy_fraction([(30, 40), (0, 10), (5, 20), (32, 35)], 100.0) == pytest.approx(0.3)
+    assert busy_fraction([], 100.0) == 0.0
+    assert busy_fraction([(0, 50), (50, 100)], 100.0) == pytest.approx(1.0)
+
+
+def test_peak_table_matches_device_names():
+    peak_tflops = bench_module().peak_tflops
     assert peak_tflops("NVIDIA H200") == 989.0
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert peak_tflops("NVIDIA A10") == 125.0
     assert peak_tflops("Some Future GPU") is None
+
+
+def test_device_script_runs_the_benchmark_from_the_checkout(tmp_path):
+    """``bench/gpu_device.sh``, the device session's one call, imports jjepa through its link folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(BENCH.parent / "gpu_device.sh"), "--device", "cpu", "--quick", "--no-finetune",
+                           "--cache", str(tmp_path)], cwd=BENCH.parents[1], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert json.loads((out / "gpu.json").read_text()) == json.loads(done.stdout)
+    assert "jjepa from " + tempfile.gettempdir() in (out / "gpu.log").read_text()
+    assert (out / "profile-tiny.txt").exists() and (out / "nvidia-smi.txt").exists()
+
+
+def test_device_script_fails_loudly(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    done = subprocess.run(["bash", str(BENCH.parent / "gpu_device.sh"), "--device", "cpu", "--presets", "nonesuch",
+                           "--cache", str(tmp_path)], cwd=BENCH.parents[1], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode != 0 and "unknown preset" in done.stderr
