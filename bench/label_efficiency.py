@@ -36,10 +36,11 @@ benchmark's (the paper's ViT-L for 300 epochs is far beyond a CPU).
 ``--pretrain-seeds``, finetune/freeze from each and scratch once per finetuning seed (the same label
 subsets), then per mode and label count the central value, seed spread and test interval over all
 runs, paired comparisons with scratch on validation and on test jets, and each ``--alternative``
-pretraining compared with ours on validation jets only (where defaults are chosen)::
+pretraining, and each ``--finetune-alternative`` finetuning setting, compared with ours on validation jets
+only (where defaults are chosen)::
 
     python bench/label_efficiency.py --protocol --n-jets 400000 --pretrain-seeds 0,1 --seeds 0,1 \
-        --modes finetune,freeze --alternative context_sees_targets=true
+        --modes finetune,freeze --alternative context_sees_targets=true --finetune-alternative encoder_lr_scale=1.0
 
 ``--modes ...,part`` adds the ParT baseline: like ``scratch`` it uses no pretraining, is trained once per
 finetuning seed, and every other mode is also compared with it; ``--part-set`` sizes it (its own scan
@@ -218,7 +219,12 @@ def main() -> None:
     parser.add_argument("--alternative", action="append", default=[], metavar="KEY=VALUE",
                         help="--protocol: a pretraining variant (e.g. context_sees_targets=true) compared with ours "
                              "on validation jets only (first pretraining seed, finetune mode), to choose defaults")
+    parser.add_argument("--finetune-alternative", action="append", default=[], metavar="KEY=VALUE",
+                        help="--protocol: a finetuning variant (e.g. encoder_lr_scale=1.0) of the finetune mode, "
+                             "from every pretraining seed, compared with ours on validation jets only")
     args = parser.parse_args()
+    if (args.alternative or args.finetune_alternative) and not args.protocol:
+        parser.error("--alternative and --finetune-alternative are choices of --protocol: add --protocol")
     if args.part_overrides and not (args.protocol and "part" in args.modes.split(",")):
         parser.error("--part-set sizes the part mode of --protocol: add --protocol and part to --modes")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -462,26 +468,30 @@ def protocol(args, folders: dict[str, Path]) -> dict:
     fractions = {int(n): min(1.0, int(n) / n_train) for n in args.labels.split(",")}
     asked = args.modes.split(",")
     modes = [m for m in asked if m not in BASELINES]
-    scans, pretrain_runs = {}, {}
+    scans, pretrain_runs, pretrainings = {}, {}, {}
     for k, p in enumerate(pretrain_seeds):
         run, tag, seconds = pretrain_variant(args, folders, {**overrides, "seed": str(p)})
-        pretrain_runs[p] = {"run": str(run), "seconds": round(seconds, 1)}
+        pretrain_runs[p], pretrainings[p] = {"run": str(run), "seconds": round(seconds, 1)}, (run, tag)
         _, scans[p] = scan_variant(args, folders, run, tag, finetune_overrides, modes + (["scratch"] if k == 0 else []),
                                    list(fractions.values()))
-        if k == 0:
-            first_run, first_tag = run, tag
+    first_run, first_tag = pretrainings[pretrain_seeds[0]]
     # The baselines use no pretraining: each is trained once per finetuning seed (the same label subsets).
     baseline_dirs = {"scratch": scans[pretrain_seeds[0]]}
     if "part" in asked:
         _, baseline_dirs["part"] = scan_variant(args, folders, first_run, first_tag,
                                                 {**finetune_overrides, **parse_pairs(args.part_overrides)}, ["part"],
                                                 list(fractions.values()))
-    alternatives = {}
-    for pair in args.alternative:
+    # each choice: its finetune scans, each paired with ours from the same pretraining
+    alternatives: dict[str, list[tuple[Path, Path]]] = {}
+    for pair in args.alternative:  # a pretraining variant: the first pretraining seed only
         extra = parse_pairs([pair])
         run, tag, _ = pretrain_variant(args, folders, {**overrides, "seed": str(pretrain_seeds[0]), **extra})
-        _, alternatives[pair] = scan_variant(args, folders, run, tag, finetune_overrides, ["finetune"],
-                                             list(fractions.values()))
+        _, alt_dir = scan_variant(args, folders, run, tag, finetune_overrides, ["finetune"], list(fractions.values()))
+        alternatives[pair] = [(alt_dir, scans[pretrain_seeds[0]])]
+    for pair in args.finetune_alternative:  # a finetuning variant: cheap, so from every pretraining
+        alternatives[f"finetune {pair}"] = [
+            (scan_variant(args, folders, *pretrainings[p], {**finetune_overrides, **parse_pairs([pair])},
+                          ["finetune"], list(fractions.values()))[1], scans[p]) for p in pretrain_seeds]
 
     # every run as (mode, folder, row seed, finetuning seed); pretrained modes once per pretraining seed
     runs = [(mode, scans[p], 1000 * p + s, s) for p in pretrain_seeds for mode in modes for s in seeds]
@@ -510,11 +520,11 @@ def protocol(args, folders: dict[str, Path]) -> dict:
                     comparisons.append({"mode": mode, "baseline": baseline, "labels": n, "split": split,
                                         **paired(split, mode, baseline, fraction)})
     choices = []
-    for pair, alt_dir in alternatives.items():
+    for pair, dirs in alternatives.items():
         for n, fraction in fractions.items():
-            a = [_predictions(alt_dir, "finetune", fraction, s, "val") for s in seeds]
-            b = [_predictions(scans[pretrain_seeds[0]], "finetune", fraction, s, "val") for s in seeds]
-            choices.append({"alternative": pair, "labels": n,
+            a = [_predictions(alt_dir, "finetune", fraction, s, "val") for alt_dir, _ in dirs for s in seeds]
+            b = [_predictions(ours_dir, "finetune", fraction, s, "val") for _, ours_dir in dirs for s in seeds]
+            choices.append({"alternative": pair, "labels": n, "pairs": len(a),
                             **paired_deltas(a[0][0], a[0][2], [x[1] for x in a], [y[1] for y in b],
                                             n_resamples=args.resamples)})
 
@@ -545,11 +555,11 @@ def protocol(args, folders: dict[str, Path]) -> dict:
                      f"{a['ci95'][1]:+.4f}] | {q['delta']:.2f} [{q['ci68'][0]:.2f}, {q['ci68'][1]:.2f}] "
                      f"[{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}] |")
     if choices:
-        lines += ["", "| alternative vs ours (finetune, validation jets) | labelled jets | ΔAUC [68 %] [95 %] | "
-                  "rejection ratio [68 %] [95 %] |", "|---|---:|---:|---:|"]
+        lines += ["", "| alternative vs ours (finetune, validation jets) | labelled jets | pairs | ΔAUC [68 %] [95 %] | "
+                  "rejection ratio [68 %] [95 %] |", "|---|---:|---:|---:|---:|"]
         for c in choices:
             a, q = c["auc"], c["rej_at_50_ratio"]
-            lines.append(f"| {c['alternative']} | {c['labels']} | {a['delta']:+.4f} [{a['ci68'][0]:+.4f}, "
+            lines.append(f"| {c['alternative']} | {c['labels']} | {c['pairs']} | {a['delta']:+.4f} [{a['ci68'][0]:+.4f}, "
                          f"{a['ci68'][1]:+.4f}] [{a['ci95'][0]:+.4f}, {a['ci95'][1]:+.4f}] | {q['delta']:.2f} "
                          f"[{q['ci68'][0]:.2f}, {q['ci68'][1]:.2f}] [{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}] |")
     (out / "protocol.md").write_text("\n".join(lines) + "\n")
