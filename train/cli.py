@@ -234,6 +234,8 @@ def _list(value: str, kind):
 def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) -> None:
     """Label-efficiency scan: fractions × modes × seeds; finished cells are skipped on rerun.
 
+    A finished cell made with other settings (another --lr, say) stops the scan rather than being mixed in.
+
     \b
     jjepa-train scan --train S/train --val S/val --test S/test --checkpoint runs/pretrain/checkpoints/last.pt \\
         --fractions 0.001,0.01,0.1,1 --modes finetune,freeze,scratch --seeds 0,1,2 --out runs/scan

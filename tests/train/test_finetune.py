@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -144,6 +145,13 @@ def test_scan_writes_the_grid_and_skips_finished_cells(simulated_splits, pretrai
     monkeypatch.setattr(scan_module, "finetune", refuse)
     again = scan(base, [0.05, 1.0], ["freeze", "scratch"], [0, 1], tmp_path / "scan", progress=False)
     assert again == rows
+    # another device is no other result, nor a setting the mode does not read; another learning rate
+    # is, and is not mixed in
+    assert scan(replace(base, device="auto", compile=True, encoder_lr_scale=0.5), [0.05], ["freeze"], [0],
+                tmp_path / "scan", progress=False) == rows[:1]
+    with pytest.raises(JJepaError, match=r"freeze-f0\.05-s0 is a finished cell made with other settings "
+                                         r"\(lr: 0\.001 there, 0\.002 now\)"):
+        scan(replace(base, lr=2e-3), [0.05], ["freeze"], [0], tmp_path / "scan", progress=False)
 
 
 def test_embed_rows_follow_the_input_jets(simulated_splits, pretrained, tmp_path):

@@ -1,7 +1,9 @@
 """The label-efficiency scan: finetune over a grid of label fractions × modes × seeds, then summarise.
 
 Each cell runs in ``out/<mode>-f<fraction>-s<seed>/`` and is skipped when its ``metrics.json``
-exists, so an interrupted scan resumes where it stopped. The scan writes::
+exists, so an interrupted scan resumes where it stopped; a finished cell made with other settings
+(another ``--lr``, checkpoint or label subset, say) stops the scan rather than being mixed into it.
+The scan writes::
 
     out/scan.csv        one row per cell: mode, label_fraction, seed, n_train_labels, each figure with its
                         68 % test-set interval, lower-bound flags, best_step/steps_run/best_at_edge, val figures
@@ -18,8 +20,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
 from jjepa.common.atomic import atomic_path
-from jjepa.train.config import FinetuneConfig
+from jjepa.common.errors import JJepaError
+from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, FinetuneConfig
 from jjepa.train.report.plots import plot_rejection_vs_labels
 from jjepa.train.report.summary import cell_name, run_row, summarise, summary_markdown, write_rows
 from jjepa.train.runners.finetune import finetune
@@ -47,15 +51,16 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
         for fraction in fractions:
             for seed in seeds:
                 cell = out / cell_name(mode, fraction, seed)
+                config = replace(base, mode=mode, seed=seed, out=str(cell),
+                                 label_fraction=None if fraction >= 1 else fraction, n_labels=None,
+                                 preset=base.preset if mode == "scratch" else None,
+                                 model=base.model if mode == "scratch" else None)
                 if (cell / "metrics.json").exists():
+                    refuse_other_settings(cell, config)
                     log.info("%s: done, skipped", cell.name)
                     metrics = json.loads((cell / "metrics.json").read_text())
                 else:
                     log.info("%s: running", cell.name)
-                    config = replace(base, mode=mode, seed=seed, out=str(cell),
-                                     label_fraction=None if fraction >= 1 else fraction, n_labels=None,
-                                     preset=base.preset if mode == "scratch" else None,
-                                     model=base.model if mode == "scratch" else None)
                     # a cell interrupted mid-run left checkpoints/last.pt: continue it exactly
                     metrics = finetune(config, progress=progress,
                                        resume=(cell / "checkpoints" / "last.pt").exists())
@@ -68,3 +73,27 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
         tmp.write_text(summary_markdown(summary))
     plot_rejection_vs_labels(summary, out / "rejection_vs_labels.png")
     return rows
+
+
+def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
+    """Stop if the finished ``cell`` was made with other settings than ``config``.
+
+    Compared: every field of its ``config.yaml`` except those a run may change on resuming
+    (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), the model and transform, which the run
+    resolves from its checkpoint (a different checkpoint shows as ``checkpoint``), and those its mode
+    does not read (``encoder_lr_scale`` outside ``finetune``, ``part`` outside ``part``).
+    """
+    path = cell / "config.yaml"
+    if not path.exists():
+        return
+    stored = yaml.safe_load(path.read_text()) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    ignored = FINETUNE_RESUMABLE_CHANGES | {"model", "transform"}
+    ignored |= {"encoder_lr_scale"} if config.mode != "finetune" else set()
+    ignored |= {"part"} if config.mode != "part" else set()
+    changed = sorted(k for k in wanted if k not in ignored and k in stored and stored[k] != wanted[k])
+    if changed:
+        details = ", ".join(f"{k}: {stored[k]!r} there, {wanted[k]!r} now" for k in changed)
+        raise JJepaError(f"{cell} is a finished cell made with other settings ({details}); its results would be "
+                         "mixed with runs of the new ones. Scan into another --out, or delete that folder to "
+                         "rerun it")
