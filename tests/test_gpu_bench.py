@@ -76,9 +76,25 @@ def test_peak_table_matches_device_names():
     assert peak_tflops("Some Future GPU") is None
 
 
+#: Packages of ours that the device machines' image lacks (and that cannot be fetched there).
+NOT_ON_DEVICE = ("awkward", "uproot", "fastjet", "dask", "distributed", "dvc", "mplhep", "weaver", "hdf5plugin",
+                 "tables", "pythia8", "pythia8mc")
+
+
 def test_device_script_runs_the_benchmark_from_the_checkout(tmp_path):
-    """``bench/gpu_device.sh``, the device session's one call, imports jjepa through its link folder."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out")}
+    """``bench/gpu_device.sh``, the device session's one call, imports jjepa through its link folder and
+    needs none of the packages missing on the device (their import is made to fail here)."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        f"BLOCKED = {set(NOT_ON_DEVICE)!r}\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError(f'not on the device: {name}')\n"
+        "sys.meta_path.insert(0, Blocker())\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OUT": str(tmp_path / "out"), "PYTHONPATH": str(blocker)}
     done = subprocess.run(["bash", str(BENCH.parent / "gpu_device.sh"), "--device", "cpu", "--quick", "--no-finetune",
                            "--cache", str(tmp_path)], cwd=BENCH.parents[1], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
