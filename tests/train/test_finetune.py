@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from jjepa.common.errors import JJepaError
 from jjepa.common.shards import read_shard
@@ -256,3 +257,20 @@ def test_a_class_without_test_jets_fails_before_training(tmp_path):
     with pytest.raises(JJepaError, match=r"no test jets of \['Wqq'\]"):
         finetune(config_for(splits, tmp_path / "ft", mode="scratch", preset="tiny"), progress=False)
     assert not (tmp_path / "ft" / "metrics.json").exists()
+
+
+def test_scan_compares_a_scratch_cells_own_architecture(tmp_path):
+    """A scratch cell sized by a preset is refused when the architecture asked for differs from its own
+    (S and N, bound from the shards when it ran, are not asked for and do not count)."""
+    def scratch(depth):
+        return resolve_finetune_config({"train": "t", "val": "v", "test": "x", "out": str(tmp_path / "cell"),
+                                        "mode": "scratch", "preset": "tiny", "model.depth": depth})
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    ran = scratch(2).to_dict()
+    ran["model"].update(n_subjets=20, n_particles=30)
+    (cell / "config.yaml").write_text(yaml.safe_dump(ran))
+    scan_module.refuse_other_settings(cell, scratch(2))
+    with pytest.raises(JJepaError, match=r"model\.depth: 2 there, 3 now"):
+        scan_module.refuse_other_settings(cell, scratch(3))

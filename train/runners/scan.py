@@ -79,9 +79,10 @@ def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
     """Stop if the finished ``cell`` was made with other settings than ``config``.
 
     Compared: every field of its ``config.yaml`` except those a run may change on resuming
-    (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), the model and transform, which the run
-    resolves from its checkpoint (a different checkpoint shows as ``checkpoint``), and those its mode
-    does not read (``encoder_lr_scale`` outside ``finetune``, ``part`` outside ``part``).
+    (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), the transform and the model, which the run
+    resolves from its checkpoint (a different checkpoint shows as ``checkpoint``; a ``scratch`` cell's
+    own architecture, when one is asked for, is compared), and those its mode does not read
+    (``encoder_lr_scale`` outside ``finetune``, ``part`` outside ``part``).
     """
     path = cell / "config.yaml"
     if not path.exists():
@@ -91,9 +92,13 @@ def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
     ignored = FINETUNE_RESUMABLE_CHANGES | {"model", "transform"}
     ignored |= {"encoder_lr_scale"} if config.mode != "finetune" else set()
     ignored |= {"part"} if config.mode != "part" else set()
-    changed = sorted(k for k in wanted if k not in ignored and k in stored and stored[k] != wanted[k])
-    if changed:
-        details = ", ".join(f"{k}: {stored[k]!r} there, {wanted[k]!r} now" for k in changed)
+    differences = {k: (stored[k], v) for k, v in wanted.items() if k not in ignored and k in stored and stored[k] != v}
+    stored_model = stored.get("model") or {}
+    for k, v in (wanted.get("model") or {}).items():  # unset S and N are bound from the shards at the start
+        if v is not None and stored_model.get(k) != v:
+            differences[f"model.{k}"] = (stored_model.get(k), v)
+    if differences:
+        details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in sorted(differences.items()))
         raise JJepaError(f"{cell} is a finished cell made with other settings ({details}); its results would be "
                          "mixed with runs of the new ones. Scan into another --out, or delete that folder to "
                          "rerun it")
