@@ -321,9 +321,12 @@ def busy_fraction(intervals: list[tuple[float, float]], span: float) -> float:
 def profile_steps(step, setup: Setup, batch_size: int, path: Path) -> dict:
     """Profile ``setup.timed`` warm steps of ``step`` with ``torch.profiler``.
 
-    Writes the operators with the most self time (device time on a GPU, CPU time otherwise) as a table
-    to ``path``, and returns the device's busy fraction (union of kernel intervals ÷ wall time of the
-    profiled steps; the profiler's own host overhead makes it a lower bound) and kernels per step.
+    Writes to ``path`` the operators with the most self time on the host (CPU) and, on a GPU, those with
+    the most device time. Returns, on a GPU, the kernels launched per step and the device's busy
+    fraction: the union of its kernel intervals ÷ the wall time of the profiled steps (the profiler's
+    own host overhead makes it a lower bound). Labelled ranges (``record_function``, the optimizer's
+    step, compiled regions) also have a device-side copy that spans their kernels and the gaps between
+    them: those are not kernels, and are left out.
     """
     cuda = setup.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -336,14 +339,20 @@ def profile_steps(step, setup: Setup, batch_size: int, path: Path) -> dict:
                 step(next(batches))
             sync(setup.device)
             wall = time.perf_counter() - start
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    sort_by = "self_device_time_total" if kernels else "self_cpu_time_total"
-    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=40))
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]
+    averages = prof.key_averages()
+    tables = ["Host (CPU) self time:", averages.table(sort_by="self_cpu_time_total", row_limit=30)]
+    if cuda:
+        tables += ["Device self time:", averages.table(sort_by="self_device_time_total", row_limit=30)]
+    path.write_text("\n\n".join(tables) + "\n")
     out = {"steps": setup.timed, "s_per_step_profiled": round(wall / setup.timed, 5), "table": path.name}
-    if kernels:
+    if cuda:
         out["kernels_per_step"] = round(len(kernels) / setup.timed)
         out["device_busy_fraction"] = round(busy_fraction(
-            [(e.time_range.start, e.time_range.end) for e in kernels], wall * 1e6), 3)
+            [(e.time_range.start, e.time_range.end) for e in kernels], wall * 1e6), 3) if kernels else None
+        if not kernels:
+            out["note"] = "the profiler recorded no kernels (is CUPTI available?)"
     return out
 
 
@@ -372,8 +381,10 @@ def bench_preset(preset: str, setup: Setup, ladder: tuple[int, ...], compile_run
             except Exception as err:  # a compiler failure is a finding, not the end of the benchmark
                 entry["compiled"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
     if profile_dir is not None:
+        # the diagnosis must leave time for the figures after it (the loader and the finetuning rate)
+        s_per_step = min(entry[k]["s_per_step"] for k in ("eager", "compiled") if "s_per_step" in entry.get(k, {}))
         entry["profile"] = {"skipped": "time budget"}
-        if setup.left() >= 20:
+        if setup.left() >= 30 + 3 * (setup.warmup + setup.timed + 1) * s_per_step:
             compiled = "jets_per_s" in entry.get("compiled", {})
             if not compiled:
                 step.run_model, step.run_target = step.model, step.target
@@ -411,6 +422,14 @@ def bench_preset(preset: str, setup: Setup, ladder: tuple[int, ...], compile_run
     return entry
 
 
+def save(result: dict, path: Path | None) -> None:
+    """Write ``result`` so far to ``path`` (temporary name, then rename), so a crash keeps what was measured."""
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result) + "\n")
+        tmp.replace(path)
+
+
 def toy_shards(cache: Path, n_shards: int, jets_per_shard: int, n_subjets: int, n_particles: int) -> Path:
     """A folder of toy shards under ``cache``, written if missing (the manifest is written last)."""
     folder = cache / f"gpu-toy-S{n_subjets}-N{n_particles}-{n_shards}x{jets_per_shard}"
@@ -443,6 +462,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also profile each preset's steps (compiled where it compiled): one operator table "
                              "per preset in DIR, and the device's busy fraction in the JSON")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE",
+                        help="also write the JSON to FILE after each section (\"finished\": false until the end), "
+                             "so a crash keeps what was measured")
     return parser.parse_args(argv)
 
 
@@ -473,8 +495,9 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "gpu", "device": str(device), "device_name": device_name, "peak_bf16_tflops": peak,
         "precision": setup.precision, "torch": torch.__version__, "python": platform.python_version(),
         "cuda": torch.version.cuda, "cpu_threads": torch.get_num_threads(), "n_subjets": args.n_subjets,
-        "n_particles": args.n_particles, "n_jets": setup.shards.n_jets,
+        "n_particles": args.n_particles, "n_jets": setup.shards.n_jets, "finished": False,
     }
+    save(result, args.json)
     if args.flops_only:
         result["flops"] = [{"preset": p, "batch_size": args.batch_size,
                             **flop_counts(PretrainStep(p, setup), setup, args.batch_size)} for p in presets]
@@ -488,6 +511,7 @@ def main(argv: list[str] | None = None) -> dict:
             "jets_per_s": round(input_rate(setup, io_batch, io_batches, pin=cuda, prefetch=setup.prefetch), 1),
             "jets_per_s_unpinned_no_prefetch": round(input_rate(setup, io_batch, io_batches, pin=False, prefetch=0), 1),
         }
+        save(result, args.json)
         compile_runs = [False] + ([True] if (cuda and not args.no_compile) or args.compile else [])
         result["presets"] = []
         for index, preset in enumerate(presets):
@@ -496,6 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
             ladder = QUICK_LADDER if args.quick else BATCH_LADDER.get(preset, (256,))
             result["presets"].append(bench_preset(preset, share, ladder, compile_runs, peak,
                                                   not args.no_finetune, io_batches, args.profile))
+            save(result, args.json)
         ratios = [e["loader_vs_step"] for e in result["presets"] if "loader_vs_step" in e]
         paper = next((e for e in result["presets"] if e["preset"] == "paper"), {})
         result["targets"] = {
@@ -505,6 +530,8 @@ def main(argv: list[str] | None = None) -> dict:
             "paper_mfu_met": paper.get("compiled", {}).get("mfu", 0.0) >= TARGET_MFU_PAPER if paper else None,
         }
     result["wall_s"] = round(time.perf_counter() - start, 1)
+    result["finished"] = True
+    save(result, args.json)
     print(json.dumps(result), flush=True)
     return result
 

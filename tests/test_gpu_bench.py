@@ -100,14 +100,19 @@ def test_device_script_runs_the_benchmark_from_the_checkout(tmp_path):
                           env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"
-    assert json.loads((out / "gpu.json").read_text()) == json.loads(done.stdout)
+    result = json.loads((out / "gpu.json").read_text())
+    assert result == json.loads(done.stdout) and result["finished"] is True
     assert "jjepa from " + tempfile.gettempdir() in (out / "gpu.log").read_text()
     assert (out / "profile-tiny.txt").exists() and (out / "nvidia-smi.txt").exists()
 
 
 def test_device_script_fails_loudly(tmp_path):
+    """A failure ends with the log's tail on stderr, from any working directory."""
     env = {**os.environ, "OUT": str(tmp_path / "out")}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "gpu.json").write_text('{"stale": true}')
     done = subprocess.run(["bash", str(BENCH.parent / "gpu_device.sh"), "--device", "cpu", "--presets", "nonesuch",
-                           "--cache", str(tmp_path)], cwd=BENCH.parents[1], capture_output=True, text=True,
+                           "--cache", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     assert done.returncode != 0 and "unknown preset" in done.stderr
+    assert not (tmp_path / "out" / "gpu.json").exists()  # no stale result passes for this run's

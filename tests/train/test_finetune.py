@@ -150,9 +150,10 @@ def test_scan_writes_the_grid_and_skips_finished_cells(simulated_splits, pretrai
     # is, and is not mixed in
     assert scan(replace(base, device="auto", compile=True, encoder_lr_scale=0.5), [0.05], ["freeze"], [0],
                 tmp_path / "scan", progress=False) == rows[:1]
+    # refused before anything trains: the new 0.2 cell would come first (and fail the test by running)
     with pytest.raises(JJepaError, match=r"freeze-f0\.05-s0 is a finished cell made with other settings "
                                          r"\(lr: 0\.001 there, 0\.002 now\)"):
-        scan(replace(base, lr=2e-3), [0.05], ["freeze"], [0], tmp_path / "scan", progress=False)
+        scan(replace(base, lr=2e-3), [0.2, 0.05], ["freeze"], [0], tmp_path / "scan", progress=False)
 
 
 def test_embed_rows_follow_the_input_jets(simulated_splits, pretrained, tmp_path):
@@ -274,3 +275,24 @@ def test_scan_compares_a_scratch_cells_own_architecture(tmp_path):
     scan_module.refuse_other_settings(cell, scratch(2))
     with pytest.raises(JJepaError, match=r"model\.depth: 2 there, 3 now"):
         scan_module.refuse_other_settings(cell, scratch(3))
+    with pytest.raises(JJepaError, match=r"transform: .* there, .* now"):  # the preset's, not a checkpoint's
+        scan_module.refuse_other_settings(cell, replace(scratch(2), transform=replace(scratch(2).transform,
+                                                                                       log_scale=0.5)))
+
+
+def test_scan_ignores_what_a_mode_does_not_read(tmp_path):
+    def cell_config(mode, **kw):
+        return resolve_finetune_config({"train": "t", "val": "v", "test": "x", "out": str(tmp_path / "cell"),
+                                        "mode": mode, "checkpoint": "a.pt", **kw})
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "config.yaml").write_text(yaml.safe_dump(cell_config("part").to_dict()))
+    scan_module.refuse_other_settings(cell, cell_config("part", checkpoint="b.pt", aggregation="cls_attn",
+                                                        encoder_lr_scale=0.5))
+    with pytest.raises(JJepaError, match=r"part: .* there, .* now"):
+        scan_module.refuse_other_settings(cell, cell_config("part", **{"part.num_layers": 2}))
+    (cell / "config.yaml").write_text(yaml.safe_dump(cell_config("finetune").to_dict()))
+    scan_module.refuse_other_settings(cell, cell_config("finetune", **{"part.num_layers": 2}))
+    with pytest.raises(JJepaError, match=r"checkpoint: 'a\.pt' there, 'b\.pt' now"):
+        scan_module.refuse_other_settings(cell, cell_config("finetune", checkpoint="b.pt"))

@@ -2,7 +2,8 @@
 
 Each cell runs in ``out/<mode>-f<fraction>-s<seed>/`` and is skipped when its ``metrics.json``
 exists, so an interrupted scan resumes where it stopped; a finished cell made with other settings
-(another ``--lr``, checkpoint or label subset, say) stops the scan rather than being mixed into it.
+(another ``--lr``, checkpoint path or label subset, say) stops the scan, before anything trains,
+rather than being mixed into it.
 The scan writes::
 
     out/scan.csv        one row per cell: mode, label_fraction, seed, n_train_labels, each figure with its
@@ -46,25 +47,25 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
         out: the scan folder.
     """
     out = Path(out)
+    cells = [(mode, fraction, seed, replace(
+        base, mode=mode, seed=seed, out=str(out / cell_name(mode, fraction, seed)),
+        label_fraction=None if fraction >= 1 else fraction, n_labels=None,
+        preset=base.preset if mode == "scratch" else None, model=base.model if mode == "scratch" else None))
+        for mode in modes for fraction in fractions for seed in seeds]
+    for *_, config in cells:  # before anything trains, so a mismatch late in the grid costs no hours
+        if (Path(config.out) / "metrics.json").exists():
+            refuse_other_settings(Path(config.out), config)
     rows = []
-    for mode in modes:
-        for fraction in fractions:
-            for seed in seeds:
-                cell = out / cell_name(mode, fraction, seed)
-                config = replace(base, mode=mode, seed=seed, out=str(cell),
-                                 label_fraction=None if fraction >= 1 else fraction, n_labels=None,
-                                 preset=base.preset if mode == "scratch" else None,
-                                 model=base.model if mode == "scratch" else None)
-                if (cell / "metrics.json").exists():
-                    refuse_other_settings(cell, config)
-                    log.info("%s: done, skipped", cell.name)
-                    metrics = json.loads((cell / "metrics.json").read_text())
-                else:
-                    log.info("%s: running", cell.name)
-                    # a cell interrupted mid-run left checkpoints/last.pt: continue it exactly
-                    metrics = finetune(config, progress=progress,
-                                       resume=(cell / "checkpoints" / "last.pt").exists())
-                rows.append(run_row(mode, fraction, seed, metrics))
+    for mode, fraction, seed, config in cells:
+        cell = Path(config.out)
+        if (cell / "metrics.json").exists():
+            log.info("%s: done, skipped", cell.name)
+            metrics = json.loads((cell / "metrics.json").read_text())
+        else:
+            log.info("%s: running", cell.name)
+            # a cell interrupted mid-run left checkpoints/last.pt: continue it exactly
+            metrics = finetune(config, progress=progress, resume=(cell / "checkpoints" / "last.pt").exists())
+        rows.append(run_row(mode, fraction, seed, metrics))
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / "scan.csv", rows)
     summary = summarise(rows)
@@ -75,23 +76,34 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
     return rows
 
 
+#: Settings a mode does not read, so a finished cell that differs only in them holds the same run.
+UNREAD_BY_MODE: dict[str, frozenset[str]] = {
+    "finetune": frozenset({"part"}),
+    "freeze": frozenset({"part", "encoder_lr_scale"}),
+    "scratch": frozenset({"part", "encoder_lr_scale", "encoder"}),
+    "part": frozenset({"encoder_lr_scale", "encoder", "aggregation", "checkpoint", "transform"}),
+}
+
+
 def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
     """Stop if the finished ``cell`` was made with other settings than ``config``.
 
-    Compared: every field of its ``config.yaml`` except those a run may change on resuming
-    (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), the transform and the model, which the run
-    resolves from its checkpoint (a different checkpoint shows as ``checkpoint``; a ``scratch`` cell's
-    own architecture, when one is asked for, is compared), and those its mode does not read
-    (``encoder_lr_scale`` outside ``finetune``, ``part`` outside ``part``).
+    Compared: the fields of its ``config.yaml``, except those a run may change on resuming
+    (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), those its mode does not read
+    (``UNREAD_BY_MODE``), and the model and transform where the run takes them from its checkpoint
+    (a ``scratch`` cell sized by a preset is compared on its own). Files are compared by path, not
+    content: a checkpoint or shard folder rewritten in place is not noticed.
     """
     path = cell / "config.yaml"
     if not path.exists():
         return
     stored = yaml.safe_load(path.read_text()) or {}
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    ignored = FINETUNE_RESUMABLE_CHANGES | {"model", "transform"}
-    ignored |= {"encoder_lr_scale"} if config.mode != "finetune" else set()
-    ignored |= {"part"} if config.mode != "part" else set()
+    ignored = FINETUNE_RESUMABLE_CHANGES | UNREAD_BY_MODE.get(config.mode, frozenset()) | {"model"}
+    if config.mode == "scratch" and config.preset is not None:
+        ignored |= {"checkpoint"}  # the preset, not the checkpoint, gives the architecture
+    elif config.mode != "part":
+        ignored |= {"transform"}  # taken from the checkpoint
     differences = {k: (stored[k], v) for k, v in wanted.items() if k not in ignored and k in stored and stored[k] != v}
     stored_model = stored.get("model") or {}
     for k, v in (wanted.get("model") or {}).items():  # unset S and N are bound from the shards at the start
