@@ -409,6 +409,14 @@ FINETUNE_RESUMABLE_CHANGES: frozenset[str] = frozenset({
     "out", "stop_after", "prefetch", "checkpoint_every", "device", "precision", "compile", "verify_shards",
     "bootstrap_resamples",
 })
+#: Finetuning fields a mode does not read (``scratch`` sized by a preset also ignores ``checkpoint``):
+#: two runs of that mode differing only in them are the same run.
+FINETUNE_UNREAD_BY_MODE: dict[str, frozenset[str]] = {
+    "finetune": frozenset({"part"}),
+    "freeze": frozenset({"part", "encoder_lr_scale"}),
+    "scratch": frozenset({"part", "encoder_lr_scale", "encoder"}),
+    "part": frozenset({"encoder_lr_scale", "encoder", "aggregation", "checkpoint", "transform"}),
+}
 
 
 @dataclass(frozen=True)

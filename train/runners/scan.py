@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, FinetuneConfig
+from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, FINETUNE_UNREAD_BY_MODE, FinetuneConfig
 from jjepa.train.report.plots import plot_rejection_vs_labels
 from jjepa.train.report.summary import cell_name, run_row, summarise, summary_markdown, write_rows
 from jjepa.train.runners.finetune import finetune
@@ -76,21 +76,12 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
     return rows
 
 
-#: Settings a mode does not read, so a finished cell that differs only in them holds the same run.
-UNREAD_BY_MODE: dict[str, frozenset[str]] = {
-    "finetune": frozenset({"part"}),
-    "freeze": frozenset({"part", "encoder_lr_scale"}),
-    "scratch": frozenset({"part", "encoder_lr_scale", "encoder"}),
-    "part": frozenset({"encoder_lr_scale", "encoder", "aggregation", "checkpoint", "transform"}),
-}
-
-
 def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
     """Stop if the finished ``cell`` was made with other settings than ``config``.
 
     Compared: the fields of its ``config.yaml``, except those a run may change on resuming
     (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), those its mode does not read
-    (``UNREAD_BY_MODE``), and the model and transform where the run takes them from its checkpoint
+    (``FINETUNE_UNREAD_BY_MODE``), and the model and transform where the run takes them from its checkpoint
     (a ``scratch`` cell sized by a preset is compared on its own). Files are compared by path, not
     content: a checkpoint or shard folder rewritten in place is not noticed.
     """
@@ -99,7 +90,7 @@ def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
         return
     stored = yaml.safe_load(path.read_text()) or {}
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    ignored = FINETUNE_RESUMABLE_CHANGES | UNREAD_BY_MODE.get(config.mode, frozenset()) | {"model"}
+    ignored = FINETUNE_RESUMABLE_CHANGES | FINETUNE_UNREAD_BY_MODE[config.mode] | {"model"}
     if config.mode == "scratch" and config.preset is not None:
         ignored |= {"checkpoint"}  # the preset, not the checkpoint, gives the architecture
     elif config.mode != "part":
