@@ -63,7 +63,12 @@ import yaml
 from jjepa.common.cli_utils import parse_pairs
 from jjepa.common.shards import Manifest, read_manifest, write_manifest
 from jjepa.preprocess.driver import ClusterRun, run_cluster
-from jjepa.train.config import resolve_finetune_config, resolve_pretrain_config
+from jjepa.train.config import (
+    config_differences,
+    describe_differences,
+    resolve_finetune_config,
+    resolve_pretrain_config,
+)
 from jjepa.train.data.loader import ShardSet
 from jjepa.train.report.metrics import background_index, tagging_metrics
 from jjepa.train.report.summary import cell_name
@@ -145,15 +150,10 @@ def refuse_stale(run: Path, config) -> None:
     if not stored_path.exists():
         return
     stored = yaml.safe_load(stored_path.read_text())
-    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    # S and N are bound from the shards when the run starts: unset in the request, set in the run's file.
-    wanted["model"] = {k: v for k, v in wanted["model"].items()
-                       if v is not None or k not in ("n_subjets", "n_particles")}
-    stored["model"] = {k: v for k, v in stored.get("model", {}).items() if k in wanted["model"]}
-    changed = sorted(k for k, v in wanted.items() if k in stored and stored[k] != v)
-    if changed:
-        raise SystemExit(f"{run} was pretrained with other values of {changed} than asked for now; "
-                         f"delete it, or pass --set for those keys to get a folder of its own")
+    differences = config_differences(stored, yaml.safe_load(yaml.safe_dump(config.to_dict())), new_fields_ok=True)
+    if differences:
+        raise SystemExit(f"{run} was pretrained with other settings ({describe_differences(differences)}); "
+                         "delete it, or pass --set for those keys to get a folder of its own")
 
 
 def pretrain_variant(args, folders: dict[str, Path], overrides: dict[str, str]) -> tuple[Path, str, float]:

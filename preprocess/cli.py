@@ -1,4 +1,5 @@
-"""``jjepa-preprocess``: simulate jets, cluster them into subjet shards, inspect the shards."""
+"""``jjepa-preprocess``: fetch public datasets or make the demo's, simulate jets, cluster them into subjet
+shards, inspect the shards."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ _SIM = SimConfig(process="top", n_jets=1)
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", count=True, help="More log output (debug).")
 def main(verbose: int) -> None:
-    """Prepare jets for J-JEPA: simulate, recluster into subjets, inspect shards."""
+    """Prepare jets for J-JEPA: fetch datasets (or make the demo's), simulate, recluster into subjets, inspect shards."""
     setup_logging(verbose)
 
 
@@ -78,7 +79,7 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
 @click.option("--dataset", type=click.Choice(DATASET_LAYOUTS), default=None,
               help="Instead of INPUTS: the files of one split of a fetched dataset (or the demo) under --root.")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="With --dataset: where it lives (the --dest of jjepa-preprocess fetch; data/raw for demo).")
+              help="With --dataset: where it lives (the --dest of jjepa-preprocess fetch; data/raw/pretrain or data/raw/finetune for demo).")
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="With --dataset: which split.")
 @click.option("--processes", default=None,
               help="With --dataset jetclass: comma-separated processes, e.g. TTBar,ZJetsToNuNu [default: all ten]; "
@@ -136,7 +137,7 @@ def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algori
 
     \b
     Examples:
-      jjepa-preprocess cluster data/raw/*.root --out data/shards/train --workers 2
+      jjepa-preprocess cluster data/raw/pretrain/train/*.root --out data/shards/pretrain/train --workers 2
       jjepa-preprocess cluster train.h5 --out shards/top-train          # Top Tagging HDF5
       jjepa-preprocess cluster --dataset jetclass --root /data/JetClass --split val \\
           --processes TTBar,ZJetsToNuNu --out shards/val                 # a fetched dataset's split

@@ -33,7 +33,7 @@ from jjepa.train.config import (
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", count=True, help="More log output (debug).")
 def main(verbose: int) -> None:
-    """J-JEPA on subjet shards (from ``jjepa-preprocess cluster``): pretrain, finetune, scan, embed, predict, export."""
+    """J-JEPA on subjet shards (from ``jjepa-preprocess cluster``): pretrain, finetune, scan, evaluate, embed, predict, export."""
     setup_logging(verbose)
 
 

@@ -234,6 +234,44 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
 
+#: Settings a request may leave unset (None) because the run binds them from its shards when it starts.
+BOUND_AT_START: frozenset[str] = frozenset({"model.n_subjets", "model.n_particles"})
+
+
+def config_differences(stored: dict, wanted: dict, ignore: frozenset[str] = frozenset(),
+                       new_fields_ok: bool = False) -> dict[str, tuple]:
+    """The settings in which ``wanted`` differs from ``stored`` (both as ``to_dict()`` gives them), as
+    ``{key: (stored value, wanted value)}``, nested sections by ``"section.key"``. Only the keys of ``wanted``
+    are settings: what else ``stored`` holds (a run's class names, its step count) is not compared.
+
+    Skipped: keys in ``ignore`` (a section's name skips the whole section, ``"section.key"`` one key); a
+    section ``wanted`` leaves unset (None: a finetuning run's model, taken from its checkpoint) and unset keys
+    of ``BOUND_AT_START``; with ``new_fields_ok``, keys absent from ``stored`` (fields added since it was
+    written).
+    """
+    differences = {}
+    for key in sorted(wanted):
+        if key in ignore or (new_fields_ok and key not in stored):
+            continue
+        old, new = stored.get(key), wanted.get(key)
+        if isinstance(new, dict):
+            old = old if isinstance(old, dict) else {}
+            for k, value in sorted(new.items()):
+                name = f"{key}.{k}"
+                if name in ignore or (new_fields_ok and k not in old) or (value is None and name in BOUND_AT_START):
+                    continue
+                if old.get(k) != value:
+                    differences[name] = (old.get(k), value)
+        elif old != new and not (new is None and isinstance(old, dict)):
+            differences[key] = (old, new)
+    return differences
+
+
+def describe_differences(differences: dict[str, tuple], there: str = "there") -> str:
+    """``config_differences`` as one line for an error message: ``"lr: 0.001 there, 0.0003 now, …"``."""
+    return ", ".join(f"{k}: {old!r} {there}, {new!r} now" for k, (old, new) in differences.items())
+
+
 def _check_learning_rate(lr: float, final_lr: float) -> None:
     """A peak learning rate must be positive and finite, a final one finite and not negative."""
     if not 0 < lr < float("inf"):

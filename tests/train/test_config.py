@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from jjepa.train.config import PRESETS, ConfigError, config_from_dict, resolve_pretrain_config
+from jjepa.train.config import (
+    PRESETS,
+    ConfigError,
+    config_differences,
+    config_from_dict,
+    describe_differences,
+    resolve_finetune_config,
+    resolve_pretrain_config,
+)
 
 
 def test_layers_override_in_order_and_convert_types():
@@ -36,3 +44,34 @@ def test_paper_preset_matches_the_reference_scale():
 def test_bad_configuration_is_a_clear_error(layer, message):
     with pytest.raises(ConfigError, match=message):
         resolve_pretrain_config(layer)
+
+
+def test_config_differences_names_each_changed_setting_with_both_values():
+    stored = resolve_pretrain_config({"preset": "tiny", "steps": 10, "data": "a"}).to_dict()
+    stored["model"] = {**stored["model"], "n_subjets": 20, "n_particles": 30}  # bound from the shards
+    wanted = resolve_pretrain_config({"preset": "tiny", "steps": 10, "data": "a", "lr": 0.1,
+                                      "model.depth": 3, "transform.log_scale": 2.0}).to_dict()
+    differences = config_differences(stored, wanted)
+    assert differences == {"lr": (stored["lr"], 0.1), "model.depth": (stored["model"]["depth"], 3),
+                           "transform.log_scale": (stored["transform"]["log_scale"], 2.0)}
+    assert describe_differences({"lr": (0.001, 0.1)}) == "lr: 0.001 there, 0.1 now"
+    assert config_differences(stored, wanted, frozenset({"lr", "model", "transform.log_scale"})) == {}
+    # A bound shape asked for explicitly is compared; unset, it is not.
+    asked = {**wanted, "model": {**wanted["model"], "n_subjets": 10}}
+    assert config_differences(stored, asked, frozenset({"lr", "transform"})) == {
+        "model.depth": (stored["model"]["depth"], 3), "model.n_subjets": (20, 10)}
+
+
+def test_config_differences_unset_sections_none_values_and_new_fields():
+    ours = resolve_finetune_config({"mode": "part", "train": "t", "val": "v", "test": "x", "out": "o"}).to_dict()
+    stored = {**ours, "model": {"depth": 2}}  # a run's model, where the request leaves it to the checkpoint
+    assert ours["model"] is None and config_differences(stored, ours) == {}
+    # None is a value outside BOUND_AT_START: part.max_particles None (all particles) differs from 64.
+    stored = {**ours, "part": {**ours["part"], "max_particles": 64}}
+    wanted = {**ours, "part": {**ours["part"], "max_particles": None}, "n_labels": None}
+    assert config_differences({**stored, "n_labels": 100}, wanted) == {
+        "n_labels": (100, None), "part.max_particles": (64, None)}
+    # A field written by an older version is absent: a difference unless new fields are allowed.
+    older = {k: v for k, v in ours.items() if k != "min_subjets"}
+    assert config_differences(older, ours) == {"min_subjets": (None, 0)}
+    assert config_differences(older, ours, new_fields_ok=True) == {}

@@ -90,7 +90,7 @@ class ModelInputs:
 
 
 def batch_inputs(batch, transform: InputTransform, device: torch.device) -> ModelInputs:
-    """Copy a raw batch (``jjepa.train.data.JetBatch``) to ``device`` (asynchronously from pinned
+    """Copy a raw batch (``jjepa.train.data.loader.JetBatch``) to ``device`` (asynchronously from pinned
     memory) and transform it there."""
     batch = batch.to(device)
     return transform(batch["particles"], batch["particle_mask"], batch["subjets"], batch["subjet_mask"])

@@ -7,7 +7,8 @@ single real subjet has nothing to predict from and gets no target (it adds nothi
 Where the targets are drawn from (``selection``):
 
 - ``random`` (jjepa's default): uniformly among all real subjets, soft ones included;
-- ``hardest`` (the paper's, ``create_random_masks`` in ucsd-hep-ex/J-JEPA): among the ``pool``
+- ``hardest`` (an option, as the reference code's particle-level masks; its subjet-level draw is at
+  random, as ours): among the ``pool``
   hardest real subjets only, i.e. the first ``pool`` real slots, since the shard schema stores
   subjets in decreasing pT. The number of targets is the same as for ``random``, capped at the
   pool's size; the context is still every other real subjet, soft ones included.

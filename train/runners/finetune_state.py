@@ -10,7 +10,12 @@ from pathlib import Path
 
 import torch
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, FinetuneConfig
+from jjepa.train.config import (
+    FINETUNE_RESUMABLE_CHANGES,
+    FinetuneConfig,
+    config_differences,
+    describe_differences,
+)
 from jjepa.train.data.loader import Cursor
 from jjepa.train.mechanics.checkpoint import FinetuneRunCheckpoint, load_checkpoint
 from jjepa.train.mechanics.distributed import DistInfo, grad_scaler
@@ -95,11 +100,11 @@ def restore_state(state: FinetuneState, saved: dict, rank: int, device: torch.de
 def check_resumable(resolved: dict, saved: dict, path: Path) -> None:
     """Every resolved field (the model and transform included) must match the checkpoint's, except those of
     ``FINETUNE_RESUMABLE_CHANGES``."""
-    changed = sorted(k for k in set(resolved) | set(saved)
-                     if k not in FINETUNE_RESUMABLE_CHANGES and resolved.get(k) != saved.get(k))
-    if changed:
-        raise JJepaError(f"cannot resume {path}: {changed} differ from the checkpoint's configuration; start a new "
-                         "run (--out) to change them")
+    differences = config_differences(saved, resolved, FINETUNE_RESUMABLE_CHANGES)
+    if differences:
+        raise JJepaError(f"cannot resume {path}: its run was made with other settings "
+                         f"({describe_differences(differences, there='in the checkpoint')}); start a new run "
+                         "(--out) to change them")
 
 
 def open_run(config: FinetuneConfig, out: Path, resume: bool) -> dict | None:

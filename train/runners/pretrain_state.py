@@ -6,12 +6,11 @@ the uninterrupted one bit for bit on the CPU.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import RESUMABLE_CHANGES, PretrainConfig
+from jjepa.train.config import RESUMABLE_CHANGES, PretrainConfig, config_differences, describe_differences
 from jjepa.train.data.loader import Cursor
 from jjepa.train.mechanics.checkpoint import PretrainCheckpoint
 from jjepa.train.mechanics.distributed import grad_scaler
@@ -43,11 +42,11 @@ def check_resumable(config: PretrainConfig, saved: PretrainConfig) -> None:
     Every field must match the checkpoint's except those of ``RESUMABLE_CHANGES`` (output, device,
     logging, validation, ``stop_after``…), so a field added later is protected by default.
     """
-    changed = [f.name for f in dataclasses.fields(PretrainConfig)
-               if f.name not in RESUMABLE_CHANGES and getattr(config, f.name) != getattr(saved, f.name)]
-    if changed:
-        raise JJepaError(f"cannot resume: {changed} differ from the checkpoint's configuration; "
-                         "start a new run (--out) to change them")
+    differences = config_differences(saved.to_dict(), config.to_dict(), RESUMABLE_CHANGES)
+    if differences:
+        raise JJepaError(f"cannot resume: the run was made with other settings "
+                         f"({describe_differences(differences, there='in the checkpoint')}); start a new run "
+                         "(--out) to change them")
 
 
 def build_state(config: PretrainConfig, device: torch.device) -> RunState:

@@ -24,7 +24,13 @@ from pathlib import Path
 import yaml
 from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, FINETUNE_UNREAD_BY_MODE, FinetuneConfig
+from jjepa.train.config import (
+    FINETUNE_RESUMABLE_CHANGES,
+    FINETUNE_UNREAD_BY_MODE,
+    FinetuneConfig,
+    config_differences,
+    describe_differences,
+)
 from jjepa.train.report.plots import plot_rejection_vs_labels
 from jjepa.train.report.summary import cell_name, run_row, summarise, summary_markdown, write_rows
 from jjepa.train.runners.finetune import finetune
@@ -90,18 +96,14 @@ def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
         return
     stored = yaml.safe_load(path.read_text()) or {}
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    ignored = FINETUNE_RESUMABLE_CHANGES | FINETUNE_UNREAD_BY_MODE[config.mode] | {"model"}
+    ignored = FINETUNE_RESUMABLE_CHANGES | FINETUNE_UNREAD_BY_MODE[config.mode]
     if config.mode == "scratch" and config.preset is not None:
         ignored |= {"checkpoint"}  # the preset, not the checkpoint, gives the architecture
     elif config.mode != "part":
-        ignored |= {"transform"}  # taken from the checkpoint
-    differences = {k: (stored[k], v) for k, v in wanted.items() if k not in ignored and k in stored and stored[k] != v}
-    stored_model = stored.get("model") or {}
-    for k, v in (wanted.get("model") or {}).items():  # unset S and N are bound from the shards at the start
-        if v is not None and stored_model.get(k) != v:
-            differences[f"model.{k}"] = (stored_model.get(k), v)
+        ignored |= {"transform"}  # taken from the checkpoint (and the model: unset here, so not compared)
+    differences = config_differences(stored, wanted, ignored, new_fields_ok=True)
     if differences:
-        details = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in sorted(differences.items()))
+        details = describe_differences(differences)
         raise JJepaError(f"{cell} is a finished cell made with other settings ({details}); its results would be "
                          "mixed with runs of the new ones. Scan into another --out, or delete that folder to "
                          "rerun it")
