@@ -246,6 +246,8 @@ def _check_contents(f: h5py.File, n_classes: int) -> list[str]:
         problems.append("subjet_nparticles disagrees with particle_mask")
     if not np.all(np.isfinite(particles)) or not np.all(np.isfinite(subjets)):
         problems.append("non-finite values in particles or subjets")
+    if not np.all(np.isfinite(f["jets"][...])):
+        problems.append("jets: non-finite values")
     if np.any((labels < -1) | (labels >= max(n_classes, 0))) and n_classes:
         problems.append(f"labels outside [-1, {n_classes})")
     return problems

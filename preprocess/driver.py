@@ -31,7 +31,7 @@ from jjepa.common.shards import (
     write_manifest,
 )
 from jjepa.preprocess.diskfull import DiskFullError, disk_full_as_error
-from jjepa.preprocess.fingerprint import check_same_inputs, fingerprints
+from jjepa.preprocess.fingerprint import check_distinct, check_same_inputs, fingerprints
 from jjepa.preprocess.readers import FORMATS, detect_format, source_info
 from jjepa.preprocess.readers.base import GenericOptions
 from jjepa.preprocess.task import BACKENDS, ShardTask, run_task
@@ -98,9 +98,10 @@ class ClusterRun:
 
 
 def plan_tasks(run: ClusterRun) -> tuple[list[ShardTask], tuple[str, ...]]:
-    """Split every input into chunks of ``chunk_size`` jets; check the inputs agree on classes."""
+    """Split every input into chunks of ``chunk_size`` jets; check the inputs agree on classes and hold jets."""
     tasks: list[ShardTask] = []
     classes: tuple[str, ...] | None = None
+    n_found = 0
     for path in run.inputs:
         if not Path(path).exists():
             raise InputError(path, "no such file")
@@ -112,17 +113,27 @@ def plan_tasks(run: ClusterRun) -> tuple[list[ShardTask], tuple[str, ...]]:
             raise InputError(path, f"classes {list(info.classes)} differ from those of {run.inputs[0]} "
                              f"({list(classes)})", hint="cluster inputs with different classes into separate folders")
         n_jets = info.n_jets if run.max_jets is None else min(info.n_jets, run.max_jets)
+        n_found += n_jets
         for start in range(0, n_jets, run.chunk_size):
             tasks.append(ShardTask(
                 index=len(tasks), path=str(path), fmt=fmt, start=start, stop=min(start + run.chunk_size, n_jets),
                 out=str(Path(run.out) / shard_name(len(tasks))), classes=classes, cluster=run.cluster,
                 options=run.options, backend=run.backend, on_bad_jet=run.on_bad_jet,
                 particle_dtype=run.particle_dtype))
+    if not n_found:
+        raise JJepaError(f"no jets to cluster: the input file(s) {', '.join(map(str, run.inputs))} hold 0 jets")
     return tasks, classes or ()
 
 
 #: Version of the ``plan`` record in manifest.json; 2 fingerprints the inputs (``fingerprint.py``).
 PLAN_VERSION = 2
+
+
+def _input_fingerprints(run: ClusterRun, known: list[dict] | None = None) -> list[dict]:
+    """The inputs' fingerprints (``fingerprint.fingerprints``), refusing an input given twice by any path."""
+    inputs = fingerprints(run.inputs, known=known)
+    check_distinct(inputs, run.inputs)
+    return inputs
 
 
 def _plan_record(run: ClusterRun, tasks: list[ShardTask], inputs: list[dict]) -> dict:
@@ -173,8 +184,8 @@ def _check_resumable(out: Path, old: Manifest, run: ClusterRun, tasks: list[Shar
             raise JJepaError(f"{out}: {what} ({fix})")
         log.warning("%s was written without input fingerprints: resuming by path, so a changed input cannot "
                     "be detected this once; the manifest records them from now on", out)
-        return _plan_record(run, tasks, fingerprints(run.inputs))
-    inputs = fingerprints(run.inputs, known=old.plan.get("inputs"))
+        return _plan_record(run, tasks, _input_fingerprints(run))
+    inputs = _input_fingerprints(run, known=old.plan.get("inputs"))
     check_same_inputs(out, old.plan.get("inputs", []), inputs, run.inputs)
     plan = _plan_record(run, tasks, inputs)
     differ = [key for key in plan if key != "inputs" and plan[key] != old.plan.get(key)]
@@ -195,9 +206,15 @@ def _start_manifest(run: ClusterRun, tasks: list[ShardTask], classes) -> tuple[M
     for stale in out.glob(".shard-*.tmp"):
         stale.unlink()
     if not (out / MANIFEST_NAME).exists() or run.force:
-        for old in out.glob("shard-*.h5") if run.force else ():
+        plan = _plan_record(run, tasks, _input_fingerprints(run))  # before deleting anything: inputs may be refused
+        leftovers = sorted(out.glob("shard-*.h5"))
+        if leftovers and not run.force:
+            names = leftovers[0].name if len(leftovers) == 1 else f"{leftovers[0].name} to {leftovers[-1].name}"
+            raise JJepaError(f"{out} holds {len(leftovers)} shard file(s) ({names}) but no {MANIFEST_NAME} saying "
+                             "what they are; new shards would mix with them (use another --out, or --force to "
+                             "delete them and start over)")
+        for old in leftovers:
             old.unlink()
-        plan = _plan_record(run, tasks, fingerprints(run.inputs))
         return Manifest(cluster=run.cluster, classes=classes, shards=[], plan=plan), tasks
     if not run.resume:
         raise JJepaError(f"{out} already holds shards ({MANIFEST_NAME} exists); pass --resume to finish that run "
@@ -314,7 +331,20 @@ def run_cluster(run: ClusterRun) -> Manifest:
             if err is not first:
                 log.error("%s", err)
         raise first
+    if not manifest.n_jets:
+        raise _all_skipped_error(run, manifest)
     return manifest
+
+
+def _all_skipped_error(run: ClusterRun, manifest: Manifest) -> JJepaError:
+    """The error for a run whose shards hold no jet at all: every jet read was bad and skipped.
+
+    (Inputs with no jets are refused by ``plan_tasks``, before anything is written.)
+    """
+    n_skipped = sum(r.n_skipped for r in manifest.shards)
+    return JJepaError(f"{run.out}: no jets written: all {n_skipped} jet(s) read were skipped as bad "
+                      f"(--on-bad-jet skip), so the {len(manifest.shards)} shard(s) there are empty; rerun with "
+                      "--on-bad-jet error to stop at the first bad jet, naming its file, entry and problem")
 
 
 def _outcome(task: ShardTask) -> tuple[ShardRecord | None, JJepaError | None]:

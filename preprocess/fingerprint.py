@@ -100,3 +100,22 @@ def check_same_inputs(out, old: list[dict], new: list[dict], given) -> None:
                          f"now {now['size']} bytes, sha256 {now['sha256'][:16]}…): it changed since, and "
                          f"resuming would mix old and new jets ({fix})")
 
+
+def check_distinct(records: list[dict], given) -> None:
+    """Raise ``InputError`` when two inputs are one file, or two files with the same content.
+
+    The same jets given twice (a repeated path, a symlink, a byte-identical copy) would be
+    clustered into shards twice, doubling them in training and leaking across splits.
+
+    Args:
+        records: the inputs' fingerprints (``fingerprints(given)``), whose resolved ``path`` and
+            ``sha256`` tell a repeat.
+        given: the input paths as given, for the message.
+    """
+    for key, what in (("path", "the same file as"), ("sha256", "a byte-identical copy of")):
+        first: dict[str, int] = {}
+        for i, record in enumerate(records):
+            j = first.setdefault(record[key], i)
+            if j != i:
+                raise InputError(given[i], f"input {i + 1} is {what} input {j + 1}, {given[j]}: its jets "
+                                 "would be clustered twice", hint="give each input file once")

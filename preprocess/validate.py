@@ -29,12 +29,23 @@ REASONS: tuple[str, ...] = (
     "a constituent has negative energy",
     "a constituent has zero transverse momentum",
     "a constituent has zero energy but non-zero momentum",
+    "the jet's constituents are too energetic for the float32 shards (their summed pT or |E| exceeds 3.4e38 GeV)",
+    "the jet's constituents sum to zero transverse momentum (the jet axis has no direction)",
 )
+
+#: The largest finite float32 [GeV]: shards store pT, E and mass as float32, so larger values would be inf.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @nb.njit(cache=True, nogil=True)
 def _reason_codes(px, py, pz, e, offsets, codes):
-    """Fill ``codes`` (J,) with each jet's index into ``REASONS``, in one pass over the constituents."""
+    """Fill ``codes`` (J,) with each jet's index into ``REASONS``, in one pass over the constituents.
+
+    The jet sums bound what ``features.features_kernel`` writes: every stored pT (constituent, subjet,
+    jet) is at most the jet's summed constituent pT, every stored E and the mass at most its summed
+    |E|, so a jet within ``FLOAT32_MAX`` on both never overflows a float32 shard. The jet (px, py)
+    sums are taken in the kernel's order, so a zero here is exactly the zero pT it would divide by.
+    """
     for j in range(offsets.shape[0] - 1):
         lo = offsets[j]
         hi = offsets[j + 1]
@@ -45,6 +56,10 @@ def _reason_codes(px, py, pz, e, offsets, codes):
         negative = False
         zero_pt = False
         zero_e = False
+        jpx = 0.0
+        jpy = 0.0
+        sum_pt = 0.0
+        sum_e = 0.0
         for k in range(lo, hi):
             if not (math.isfinite(px[k]) and math.isfinite(py[k]) and math.isfinite(pz[k]) and math.isfinite(e[k])):
                 nonfinite = True
@@ -52,7 +67,14 @@ def _reason_codes(px, py, pz, e, offsets, codes):
                 negative |= e[k] < 0
                 zero_pt |= px[k] * px[k] + py[k] * py[k] == 0
                 zero_e |= e[k] == 0
-        codes[j] = 2 if nonfinite else 3 if negative else 4 if zero_pt else 5 if zero_e else 0
+                jpx += px[k]
+                jpy += py[k]
+                sum_pt += math.sqrt(px[k] * px[k] + py[k] * py[k])
+                sum_e += abs(e[k])
+        too_large = not (sum_pt <= FLOAT32_MAX and sum_e <= FLOAT32_MAX)
+        zero_jet_pt = jpx == 0.0 and jpy == 0.0
+        codes[j] = (2 if nonfinite else 3 if negative else 4 if zero_pt else 5 if zero_e else 6 if too_large
+                    else 7 if zero_jet_pt else 0)
 
 
 def bad_jets(chunk: JetChunk) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +85,9 @@ def bad_jets(chunk: JetChunk) -> tuple[np.ndarray, np.ndarray]:
         bad if the reader flagged it (``chunk.problems``, e.g. a negative pT before conversion), or
         it has no constituents, or a constituent with non-finite momentum, negative energy, zero
         transverse momentum (its pseudorapidity would be infinite) or zero energy with non-zero
-        momentum; the reader's reason comes first, then the first of these that applies.
+        momentum, or its constituents' summed pT or |E| is beyond float32 (the shard would hold
+        inf), or they sum to zero pT (no jet axis); the reader's reason comes first, then the first
+        of these that applies.
     """
     codes = np.empty(chunk.n_jets, dtype=np.int8)
     _reason_codes(chunk.px, chunk.py, chunk.pz, chunk.energy, np.asarray(chunk.offsets, dtype=np.int64), codes)

@@ -132,6 +132,18 @@ def _root_info(path: str, options: GenericOptions, wanted: list[str]) -> int:
         return int(tree.num_entries)
 
 
+def _check_same_width(path: str, names, columns) -> None:
+    """Raise ``InputError`` unless the fixed-size (``float[M]``) constituent branches share one width M.
+
+    Slot m of every branch is one constituent; with different widths there is no such pairing.
+    """
+    widths = {name: column.type.content.size for name, column in zip(names, columns, strict=True)}
+    if len(set(widths.values())) != 1:
+        raise InputError(path, f"fixed-size constituent branches differ in width: "
+                         f"{', '.join(f'{n!r} float[{w}]' for n, w in widths.items())}; expected one width "
+                         "(slot m of each branch is constituent m)")
+
+
 def _root_read(path: str, start: int, stop: int, options: GenericOptions, names):
     with wrap_io_errors(path, f"read entries [{start}, {stop})"), uproot.open(path) as file:
         tree = _root_tree(file, path, options)
@@ -144,6 +156,7 @@ def _root_read(path: str, start: int, stop: int, options: GenericOptions, names)
         if column.ndim != 2:
             raise InputError(path, f"branch {name!r} has type {column.type}; expected a list of constituents per jet")
     if all(isinstance(c.type.content, ak.types.RegularType) for c in columns):  # float[M]: zero-padded
+        _check_same_width(path, names, columns)
         counts, flat = _padded([ak.to_numpy(c) for c in columns])
     else:
         counts = ak.to_numpy(ak.num(columns[0], axis=1)).astype(np.int64)
@@ -175,8 +188,31 @@ def _dataset(f: h5py.File, path: str, name: str) -> h5py.Dataset:
     return node
 
 
-def _h5_layout(f: h5py.File, path: str, options: GenericOptions, names) -> tuple[str, int]:
-    """``("padded" | "flat", n_jets)`` after checking the datasets' shapes agree."""
+#: Counts read per step when summing a flat layout's counts dataset (8 MB as int64).
+_COUNTS_BLOCK = 1 << 20
+
+
+def _check_counts_total(path: str, counts: h5py.Dataset, counts_name: str, names, n_constituents: int) -> None:
+    """Raise ``InputError`` unless the counts add up to exactly the ``n_constituents`` of the flat datasets.
+
+    More constituents than counts would be silently dropped after the last jet, fewer would shift
+    jets; either way the file's jets are not the ones stored. Read in blocks, so memory stays flat.
+    """
+    total = sum(int(counts[lo:lo + _COUNTS_BLOCK].astype(np.int64).sum())
+                for lo in range(0, counts.shape[0], _COUNTS_BLOCK))
+    if total != n_constituents:
+        raise InputError(path, f"counts {counts_name!r} add up to {total} constituents but the flat datasets "
+                         f"{list(names)} hold {n_constituents}",
+                         hint="the counts must give every constituent to exactly one jet")
+
+
+def _h5_layout(f: h5py.File, path: str, options: GenericOptions, names,
+               check_total: bool = False) -> tuple[str, int]:
+    """``("padded" | "flat", n_jets)`` after checking the datasets' shapes agree.
+
+    With ``check_total`` (once per file, by ``info``), a flat layout's counts must also add up to the
+    datasets' length; reading a chunk then needs only the counts before it.
+    """
     datasets = [_dataset(f, path, n) for n in names]
     shapes = {n: d.shape for n, d in zip(names, datasets, strict=True)}
     if len(set(shapes.values())) != 1:
@@ -190,6 +226,8 @@ def _h5_layout(f: h5py.File, path: str, options: GenericOptions, names) -> tuple
             raise InputError(path, f"counts dataset {options.counts!r} is {counts.dtype}{list(counts.shape)}; "
                              "expected 1-D integers (jets,)")
         layout, n_jets = "flat", counts.shape[0]
+        if check_total:
+            _check_counts_total(path, counts, options.counts, names, shape[0])
     else:
         given = f"with counts {options.counts!r}" if options.counts else "without counts"
         raise InputError(path, f"constituent datasets of shape {shape} {given} are not supported; "
@@ -204,7 +242,7 @@ def _h5_layout(f: h5py.File, path: str, options: GenericOptions, names) -> tuple
 
 def _h5_info(path: str, options: GenericOptions, names) -> int:
     with wrap_io_errors(path, "open as HDF5"), h5py.File(path, "r") as f:
-        return _h5_layout(f, path, options, names)[1]
+        return _h5_layout(f, path, options, names, check_total=True)[1]
 
 
 def _h5_read(path: str, start: int, stop: int, options: GenericOptions, names):

@@ -72,6 +72,15 @@ def test_validator_names_each_problem(tmp_path):
     assert "cannot open" in validate_shard(tmp_path / "junk.h5")[0]
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_deep_validation_finds_non_finite_jets(tmp_path, value):
+    path = tmp_path / "shard-00000.h5"
+    write_shard(path, small_arrays(), ShardAttrs(CFG, ("QCD", "top")))
+    with h5py.File(path, "r+") as f:
+        f["jets"][2, 1] = value  # the η of jet 2
+    assert validate_shard(path, deep=True) == ["jets: non-finite values"]
+
+
 def test_wrong_shape_is_refused_and_leaves_no_file(tmp_path):
     arrays = small_arrays()
     arrays.subjets = arrays.subjets[:, :3]

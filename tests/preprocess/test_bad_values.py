@@ -55,6 +55,11 @@ def inject(p4: np.ndarray, what: str) -> None:
         p4[BAD, 1, 3] = 0.0
     elif what == "nan_pt":
         p4[BAD, 0, 0] = np.nan
+    elif what == "back_to_back":  # two constituents whose momenta cancel: the jet has zero pT, no axis
+        p4[BAD] = 0.0
+        p4[BAD, :2] = [[50.0, 0.0, 0.0, 50.0], [-50.0, 0.0, 0.0, 50.0]]
+    elif what == "beyond_float32":  # finite in float64, inf once stored as float32
+        p4[BAD, 0] = [1e39, 0.0, 0.0, 1e39]
     elif what != "clean":
         raise ValueError(what)
 
@@ -153,6 +158,9 @@ CASES = [
     ("qg", "nan_pt", "non-finite"),
     ("qg", "negative_pt", "negative pT"),
     ("qg", "nan_padding", "non-finite"),
+    ("generic_h5", "back_to_back", "sum to zero transverse momentum"),  # was a ZeroDivisionError traceback
+    ("toptagging", "back_to_back", "sum to zero transverse momentum"),
+    ("generic_h5", "beyond_float32", "too energetic for the float32 shards"),  # was written as inf, exit 0
 ]
 
 
@@ -177,3 +185,16 @@ def test_bad_value_stops_naming_file_and_entry_or_is_skipped(tmp_path, kind, wha
     jets = np.concatenate([read_shard(tmp_path / "skip" / s.file).jets for s in manifest.shards])
     clean = np.concatenate([read_shard(tmp_path / "clean" / f"shard-0000{i}.h5").jets for i in (0, 1)])
     np.testing.assert_array_equal(jets, np.delete(clean, BAD, axis=0))  # every other jet is untouched
+
+
+def test_jet_sums_beyond_float32_are_bad_even_when_each_constituent_fits():
+    """Two constituents of 2e38 GeV each fit in float32; the jet's pT and E (4e38) would not."""
+    from jjepa.preprocess.validate import bad_jets
+
+    jets, labels = polar_jets()
+    p4 = cartesian(jets)
+    p4[BAD] = 0.0
+    p4[BAD, :2] = [[2e38, 1.0, 0.0, 2e38], [2e38, -1.0, 0.0, 2e38]]
+    p4[BAD + 1, 0] = [1.0, 0.0, 0.0, 3e38]  # its E alone is still within float32: a good jet
+    bad, reason = bad_jets(as_chunk(p4, labels))
+    assert np.flatnonzero(bad).tolist() == [BAD] and "float32" in reason[BAD]

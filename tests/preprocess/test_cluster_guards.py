@@ -310,3 +310,61 @@ def test_resume_of_a_manifest_without_fingerprints_goes_by_path_and_adds_them(je
     plan = read_manifest(out).plan
     assert plan["version"] == 2 and plan["inputs"][0]["path"] == str(jetclass_file.resolve())
     assert read_manifest(out).n_jets == 120
+
+
+# ------------------------------------------------------------------------- inputs given twice, stale output
+
+def test_an_input_given_twice_by_any_path_is_refused_naming_both(jetclass_file, tmp_path):
+    link = tmp_path / "link.root"
+    link.symlink_to(jetclass_file)
+    copy = tmp_path / "copy.root"
+    shutil.copy(jetclass_file, copy)
+    out = tmp_path / "shards"
+    for second, what in ((jetclass_file, "the same file as"), (link, "the same file as"),
+                         (copy, "a byte-identical copy of")):
+        one_line_error(cluster([jetclass_file, second], out), f"{second}: input 2 is {what} input 1, "
+                       f"{jetclass_file}", "clustered twice")
+        assert not list(out.glob("shard-*.h5"))
+    assert cluster([jetclass_file], out).exit_code == 0
+    before = folder_state(out)
+    one_line_error(cluster([jetclass_file, copy], out, "--force"), "byte-identical copy")
+    assert folder_state(out) == before  # refused before --force deleted anything
+
+
+def test_shards_without_a_manifest_are_refused_unless_forced(jetclass_file, tmp_path):
+    out = tmp_path / "shards"
+    assert cluster([jetclass_file], out, "--chunk-size", "10").exit_code == 0  # 12 shards
+    (out / "manifest.json").unlink()
+    before = folder_state(out)
+    one_line_error(cluster([jetclass_file], out), f"{out} holds 12 shard file(s) (shard-00000.h5 to "
+                   "shard-00011.h5) but no manifest.json", "--force")
+    assert folder_state(out) == before
+    assert cluster([jetclass_file], out, "--force").exit_code == 0
+    assert sorted(p.name for p in out.glob("shard-*.h5")) == [s.file for s in read_manifest(out).shards]
+    assert len(read_manifest(out).shards) == 3
+
+
+# ------------------------------------------------------------------------------------ runs that write no jet
+
+GENERIC = ("--format", "generic", "--px", "px", "--py", "py", "--pz", "pz", "--energy", "e")
+
+
+def test_inputs_without_jets_are_an_error_before_any_work(tmp_path):
+    path = tmp_path / "empty.h5"
+    with h5py.File(path, "w") as f:
+        for name in ("px", "py", "pz", "e"):
+            f[name] = np.zeros((0, 10))
+    out = tmp_path / "shards"
+    one_line_error(cluster([path], out, *GENERIC), "no jets to cluster", f"{path} hold 0 jets")
+    assert not out.exists()
+
+
+def test_a_run_that_skips_every_jet_is_an_error(tmp_path):
+    path = tmp_path / "allbad.h5"
+    with h5py.File(path, "w") as f:
+        for name in ("px", "py", "pz"):
+            f[name] = np.ones((60, 4))
+        f["e"] = -np.ones((60, 4))  # every jet has negative energies
+    out = tmp_path / "shards"
+    one_line_error(cluster([path], out, *GENERIC, "--on-bad-jet", "skip"), "no jets written",
+                   "all 60 jet(s) read were skipped as bad", "--on-bad-jet error")

@@ -371,6 +371,16 @@ def test_generic_root_fixed_size_arrays_are_zero_padded(tmp_path):
     assert back.labels.tolist() == [1, 0]
 
 
+def test_generic_root_fixed_size_arrays_of_different_widths_are_refused_naming_them(tmp_path):
+    path = tmp_path / "mismatch.root"
+    e = np.zeros((3, 48), np.float32)
+    e[:, :5] = 10.0
+    write_tree(path, {"px": e[:, :40] / 2, "py": e[:, :40] / 3, "pz": e[:, :40] / 4, "e": e})
+    with pytest.raises(InputError, match=r"differ in width: 'px' float\[40\], .*'e' float\[48\]") as err:
+        read_chunk("generic", path, 0, 3, GenericOptions(px="px", py="py", pz="pz", energy="e"))
+    assert err.value.path == str(path)
+
+
 def test_generic_root_choosing_trees_and_branches(tmp_path):
     path = tmp_path / "two.root"
     with uproot.recreate(path) as f:
@@ -440,6 +450,21 @@ def test_generic_hdf5_flat_with_counts_and_compression(tmp_path):
     np.testing.assert_array_equal(np.stack([back.px, back.py, back.pz, back.energy], axis=1),
                                   constituents(chunk, 7, 19))
     np.testing.assert_array_equal(back.labels, chunk.labels[7:19] % 2)
+
+
+@pytest.mark.parametrize("extra", [5, -5])
+def test_generic_hdf5_flat_counts_must_add_up_to_the_datasets(tmp_path, extra):
+    """Constituents beyond the counts' total were silently dropped; fewer were caught only at the last chunk."""
+    chunk = toy_chunk()
+    n = np.diff(chunk.offsets)
+    n[-1] += extra  # the last jet claims 5 constituents more (or fewer) than the datasets hold
+    path = tmp_path / "flat.h5"
+    write_h5(path, px=chunk.px, py=chunk.py, pz=chunk.pz, energy=chunk.energy, n=n)
+    options = GenericOptions(px="px", py="py", pz="pz", energy="energy", counts="n")
+    with pytest.raises(InputError, match=f"counts 'n' add up to {n.sum()} constituents but the flat datasets "
+                       rf"\['px', 'py', 'pz', 'energy'\] hold {len(chunk.px)}") as err:
+        source_info("generic", path, options)
+    assert err.value.path == str(path)
 
 
 def test_cluster_cli_reads_flat_hdf5_with_counts(tmp_path):

@@ -217,6 +217,8 @@ def test_flipped_bytes_are_caught_by_the_manifest_checksum(tmp_path):
     result = invoke(["pretrain", "--data", data, "--out", tmp_path / "run", *PRETRAIN])
     assert result.exit_code == 1, result.output
     assert "shard-00001.h5: sha256" in result.output and "--no-verify-shards" in result.output
+    actual, recorded = sha256_file(data / shard_name(1)), read_manifest(data).shards[1].sha256
+    assert f"sha256 {actual[:16]}… differs from the manifest's {recorded[:16]}…" in " ".join(result.output.split())
     assert not (tmp_path / "run").exists()
     # The option skips the check (the damage here is in finite data, so training runs).
     skipped = invoke(["pretrain", "--data", data, "--out", tmp_path / "run", *PRETRAIN, "--no-verify-shards"])

@@ -45,7 +45,23 @@ def test_stratified_subset_is_seeded_and_keeps_class_shares():
     assert np.bincount(picked).tolist() == [70, 80, 1]  # round(0.1 n) per class, at least one
     assert all(np.all(np.diff(idx) > 0) for idx in chosen)
     by_count = stratified_subset(labels, seed=0, n_labels=151)
-    assert sum(len(i) for i in by_count) == pytest.approx(151, abs=2)
+    assert np.bincount(np.concatenate([lab[idx] for lab, idx in zip(labels, by_count, strict=True)])).tolist() == \
+        [70, 80, 1]
+
+
+@pytest.mark.parametrize(("counts", "n_labels", "per_class"), [
+    ([300, 300], 3, [2, 1]), ([300, 300], 5, [3, 2]), ([300, 300], 599, [300, 299]), ([300, 300], 600, [300, 300]),
+    ([1000, 1, 1], 3, [1, 1, 1]), ([1000, 1, 1], 10, [8, 1, 1]), ([5, 3, 2], 7, [4, 2, 1]),
+])
+def test_n_labels_keeps_exactly_that_many_jets(counts, n_labels, per_class):
+    labels = [np.repeat(np.arange(len(counts)), counts)]
+    chosen = stratified_subset(labels, seed=1, n_labels=n_labels)
+    assert np.bincount(labels[0][chosen[0]], minlength=len(counts)).tolist() == per_class
+
+
+def test_n_labels_below_the_number_of_classes_is_refused():
+    with pytest.raises(JJepaError, match="n_labels is 1 but the training jets hold 2 classes"):
+        stratified_subset([np.array([0, 1, 0, 1])], seed=0, n_labels=1)
 
 
 def test_unlabelled_training_jets_are_refused():

@@ -181,10 +181,11 @@ def test_min_subjets_drops_exactly_the_jets_below_the_threshold(toy_train):
         shards.with_min_subjets(shards.n_subjets + 1)
 
 
-def test_paper_switches_pretrain_and_finetune_and_count_the_jets_kept(toy_train, toy_val, tmp_path):
+def test_paper_switches_pretrain_and_finetune_and_count_the_jets_kept(toy_train, toy_val, toy_test, tmp_path):
     threshold = 6
     n_train = sum(int((c >= threshold).sum()) for c in _real_subjets(toy_train))
     n_val = sum(int((c >= threshold).sum()) for c in _real_subjets(toy_val))
+    n_test = sum(int((c >= threshold).sum()) for c in _real_subjets(toy_test))
     config = resolve_pretrain_config({
         "data": str(toy_train), "val": str(toy_val), "out": str(tmp_path / "pre"), "preset": "tiny", "steps": 4,
         "batch_size": 32, "log_every": 2, "val_every": 2, "val_batches": 2, "device": "cpu", "prefetch": 2,
@@ -197,13 +198,13 @@ def test_paper_switches_pretrain_and_finetune_and_count_the_jets_kept(toy_train,
 
     checkpoint = tmp_path / "pre" / "checkpoints" / "last.pt"
     ft = resolve_finetune_config({
-        "train": str(toy_train), "val": str(toy_val), "test": str(toy_val), "out": str(tmp_path / "ft"),
+        "train": str(toy_train), "val": str(toy_val), "test": str(toy_test), "out": str(tmp_path / "ft"),
         "checkpoint": str(checkpoint), "batch_size": 64, "epochs": 1, "min_steps": 4, "eval_every": 2,
         "device": "cpu", "prefetch": 2, "min_subjets": threshold, "label_fraction": 0.5})
     metrics = finetune(ft, progress=False)
     saved = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert saved["n_train_jets"] == n_train and saved["n_val_jets"] == saved["n_test_jets"] == n_val
-    assert saved["n_test"] == n_val
+    assert saved["n_train_jets"] == n_train and saved["n_val_jets"] == n_val and saved["n_test_jets"] == n_test
+    assert saved["n_test"] == n_test
     assert metrics["n_train_labels"] == pytest.approx(n_train / 2, abs=2)
 
 

@@ -75,8 +75,8 @@ def test_classifier_logits_are_fp32_under_bf16_autocast():
     assert len(torch.unique(scores)) > 250  # bf16 scores would tie (8 bits of mantissa)
 
 
-def test_fp16_finetuning_trains_and_reports_metrics(toy_train, toy_val, tmp_path):
-    config = resolve_finetune_config({"train": str(toy_train), "val": str(toy_val), "test": str(toy_val),
+def test_fp16_finetuning_trains_and_reports_metrics(toy_train, toy_val, toy_test, tmp_path):
+    config = resolve_finetune_config({"train": str(toy_train), "val": str(toy_val), "test": str(toy_test),
                                       "out": str(tmp_path / "ft"), "mode": "scratch", "preset": "tiny",
                                       "batch_size": 64, "epochs": 1, "min_steps": 30, "eval_every": 15,
                                       "lr": 2e-3, "device": "cpu", "prefetch": 2, "precision": "fp16",

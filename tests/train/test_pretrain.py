@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from jjepa.common.errors import JJepaError
 from jjepa.train.cli import main as cli
 from jjepa.train.config import resolve_pretrain_config
-from jjepa.train.mechanics.checkpoint import load_checkpoint
+from jjepa.train.mechanics.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from jjepa.train.runners import pretrain as pretrain_module
 from jjepa.train.runners.pretrain import LOG_COLUMNS, pretrain
 
@@ -96,6 +96,14 @@ def test_an_existing_run_is_never_overwritten_and_resume_checks_the_config(toy_t
         pretrain(config_for(toy_train, tmp_path / "run", steps=5, lr=0.1), resume=True, progress=False)
     with pytest.raises(JJepaError, match="no such checkpoint"):
         pretrain(config_for(toy_train, tmp_path / "other", steps=5), resume=True, progress=False)
+
+
+def test_resume_refuses_a_checkpoint_of_another_kind(toy_train, tmp_path):
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    torch.save({"format": CHECKPOINT_FORMAT, "best_model": {}}, last)  # an unfinished finetuning run's
+    with pytest.raises(JJepaError, match="resume checkpoint of an unfinished finetuning run.*pretraining checkpoint"):
+        pretrain(config_for(toy_train, tmp_path / "run", steps=5), resume=True, progress=False)
 
 
 def test_model_shape_must_match_the_shards(toy_train, tmp_path):

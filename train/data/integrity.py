@@ -8,6 +8,10 @@ keyed by its resolved path, size and modification time (ns) together with the ex
 a file is hashed again only when one of those changes. The cache lives in ``$JJEPA_CACHE_DIR``,
 else ``$XDG_CACHE_HOME/jjepa``, else ``~/.cache/jjepa`` (never in the shard folder, which may be
 read-only or tracked by DVC); a cache that cannot be read or written only costs re-hashing.
+
+So a file is trusted once verified while its size and mtime stay the same: damage that keeps both (bit
+rot on the disk after the first run) is found by ``jjepa-preprocess inspect --check``, which hashes every
+shard, or by training with ``JJEPA_CACHE_DIR`` set to an empty folder.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ def verify_shards(paths: list[Path], expected: list[str], cache: Path | None = N
     if bad:
         i = bad[0]
         more = f" (and {len(bad) - 1} more shard(s))" if len(bad) > 1 else ""
-        raise ShardError(f"{paths[i]}: sha256 {digests[bad.index(i)][:16]}… differs from the manifest's "
+        raise ShardError(f"{paths[i]}: sha256 {digests[todo.index(i)][:16]}… differs from the manifest's "
                          f"{expected[i][:16]}…{more}: the file is damaged or was changed after it was written; "
                          "rebuild it (`jjepa-preprocess cluster ... --resume` redoes damaged shards), or pass "
                          "--no-verify-shards to train on it anyway")

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from jjepa.common.errors import ShardError
-from jjepa.common.schema import SHARD_ARRAYS, validate_shard
+from jjepa.common.schema import SHARD_ARRAYS, config_dict, validate_shard
 from jjepa.common.shards import Manifest, open_memmaps, read_manifest
 from jjepa.train.config import ModelConfig
 from jjepa.train.data.integrity import verify_shards
+from jjepa.train.data.provenance import check_same_clustering
 
 #: What pretraining reads of a shard.
 PRETRAIN_FIELDS: tuple[str, ...] = ("particles", "particle_mask", "subjets", "subjet_mask")
@@ -125,7 +126,8 @@ class ShardSet:
         return maps
 
     def check_like(self, other: ShardSet, role: str) -> None:
-        """Refuse ``other`` (e.g. ``--val``) unless it has the same schema, S, N and dtypes as these shards.
+        """Refuse ``other`` (e.g. ``--val``) unless it has the same schema, S, N, dtypes and clustering
+        (algorithm, radius) as these shards.
 
         Called before any step, so a validation or test set of another clustering fails at once, not
         after training. ``role`` names ``other`` in the message (``--val``, ``--test``). Particles
@@ -140,6 +142,8 @@ class ShardSet:
             raise ShardError(f"{role} {other.folder}: shards of S={other.n_subjets}, N={other.n_particles} "
                              f"(datasets {differ} differ), but {self.folder} has S={self.n_subjets}, "
                              f"N={self.n_particles}; cluster every set with the same --n-subjets and --n-particles")
+        check_same_clustering(config_dict(self.manifest.cluster), other.folder, other.manifest,
+                              f"{role}: the shards in {self.folder} have")
 
     def bind(self, model: ModelConfig) -> ModelConfig:
         """``model`` with S and N taken from these shards; an encoder built for other S or N is an error."""

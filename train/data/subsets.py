@@ -19,7 +19,8 @@ def stratified_subset(labels: list[np.ndarray], seed: int, fraction: float | Non
         labels: per shard, int64 (J_k,) class indices; −1 (unlabelled) is an error.
         seed: seeds the draw.
         fraction: share of each class to keep, in (0, 1].
-        n_labels: total jets to keep instead, split over classes in proportion to their counts.
+        n_labels: total jets to keep instead (exactly), split over classes in proportion to their counts
+            by largest remainder, at least one per class.
 
     Returns:
         Per shard, the sorted int64 positions of the chosen jets.
@@ -33,11 +34,26 @@ def stratified_subset(labels: list[np.ndarray], seed: int, fraction: float | Non
     if n_labels is not None:
         if n_labels > len(flat):
             raise JJepaError(f"n_labels is {n_labels} but the training shards hold only {len(flat)} jets")
-        fraction = n_labels / len(flat)
-    if fraction is None:
-        fraction = 1.0
-    keep = np.maximum(np.floor(fraction * counts + 0.5).astype(np.int64), 1)
+        if n_labels < len(classes):
+            raise JJepaError(f"n_labels is {n_labels} but the training jets hold {len(classes)} classes; a "
+                             "stratified subset keeps at least one jet of each")
+        keep = _split_count(n_labels, counts)
+    else:
+        keep = np.maximum(np.floor((1.0 if fraction is None else fraction) * counts + 0.5).astype(np.int64), 1)
     rng = np.random.default_rng([seed, 0x5EED])
     chosen = [rng.choice(np.flatnonzero(flat == c), size=k, replace=False) for c, k in zip(classes, keep, strict=True)]
     chosen_all = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
     return [np.sort(position[chosen_all[shard_of[chosen_all] == k]]) for k in range(len(labels))]
+
+
+def _split_count(n: int, counts: np.ndarray) -> np.ndarray:
+    """``n`` jets over classes of ``counts`` jets (``len(counts) <= n <= counts.sum()``): proportional shares
+    rounded by largest remainder, at least one per class, summing to exactly ``n``."""
+    share = n * counts / counts.sum()
+    keep = np.floor(share).astype(np.int64)
+    remainder = np.where(keep > 0, share - keep, -1.0)  # a class raised to one jet gets no more
+    keep = np.maximum(keep, 1)
+    keep[np.argsort(-remainder, kind="stable")[:max(n - int(keep.sum()), 0)]] += 1
+    while keep.sum() > n:
+        keep[np.argmax(keep)] -= 1
+    return keep

@@ -38,6 +38,7 @@ class PretrainCheckpoint(TypedDict):
     interval_steps: int
     torch_rng: Any  # the CPU generator state (masks use their own seeded generators)
     scaler: dict[str, Any]  # the fp16 gradient scaler's state; empty without one
+    data: dict[str, Any]  # the training shards' fingerprint (``data.provenance``): clustering, shard digests
 
 
 class FinetuneCheckpoint(TypedDict):
@@ -59,6 +60,7 @@ class FinetuneRunCheckpoint(TypedDict):
     """
 
     config: dict[str, Any]  # the resolved FinetuneConfig, with the model and transform used
+    data: dict[str, Any]  # training, validation, test → the fingerprint of its shards (``data.provenance``)
     model: dict[str, Any]  # state dict of the classifier now
     buffers: dict[str, Any]  # its non-persistent buffers, absent from the state dict (ParT's trimming warm-up count)
     optimizer: dict[str, Any]
@@ -155,7 +157,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
 
 
 #: Keys that checkpoints written by earlier versions may lack (their readers fall back).
-_OPTIONAL: dict[str, set[str]] = {"pretrain": {"scaler", "interval_loss", "interval_steps"}, "finetune": {"cluster"}}
+_OPTIONAL: dict[str, set[str]] = {"pretrain": {"scaler", "interval_loss", "interval_steps", "data"},
+                                   "finetune": {"cluster"}, "finetune_run": {"data"}}
 
 
 def keep_step_copy(last: str | os.PathLike, step: int, keep: int) -> Path | None:

@@ -45,8 +45,9 @@ import yaml
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
 from jjepa.common.schema import config_dict
-from jjepa.train.config import FinetuneConfig
+from jjepa.train.config import FinetuneConfig, describe_differences
 from jjepa.train.data.loader import FINETUNE_FIELDS, training_loader
+from jjepa.train.data.provenance import check_same_jets
 from jjepa.train.mechanics.checkpoint import FinetuneCheckpoint, save_checkpoint
 from jjepa.train.mechanics.distributed import (
     DistInfo,
@@ -68,6 +69,7 @@ from jjepa.train.runners.finetune_state import (
     FinetuneState,
     build_state,
     check_resumable,
+    finished_run_differences,
     open_run,
     restore_state,
     run_checkpoint,
@@ -155,12 +157,19 @@ def finetune(config: FinetuneConfig, progress: bool = True, resume: bool = False
 def _finetune(config: FinetuneConfig, info: DistInfo, progress: bool, resume: bool) -> dict:
     out = Path(config.out)
     if resume and not (out / "checkpoints" / "last.pt").exists() and (out / "metrics.json").exists():
+        differences = finished_run_differences(out, config)
+        if differences:
+            raise JJepaError(f"{out} is a finished run made with other settings "
+                             f"({describe_differences(differences)}); its figures are not those of the run asked "
+                             "for: choose another --out")
         log.info("%s is finished; nothing to do (start a new run with another --out)", out)
         return json.loads((out / "metrics.json").read_text()) if info.is_main else {}
     saved = open_run(config, out, resume)
     data = prepare(config, info.device)
     if saved is not None:
         check_resumable(data.resolved, saved["config"], out / "checkpoints" / "last.pt")
+        for role, jets in (saved.get("data") or {}).items():
+            check_same_jets(jets, data.fingerprints[role], role, out / "checkpoints" / "last.pt")
         check_world_size(int(saved["world_size"]), info, out / "checkpoints" / "last.pt")
     state = build_state(config, data, info.device)
     data.pretrained = None  # its encoder is loaded: free the pretraining checkpoint for the run
@@ -319,7 +328,7 @@ def _save(state: FinetuneState, run: Run, coordinated: bool) -> None:
     running = [float(r) for r in gather_objects(state.running.total(), run.dist)] if coordinated \
         else [state.running.total()]
     if run.dist.is_main:
-        save_checkpoint(run.last, run_checkpoint(state, run.data.resolved, run.dist, running))
+        save_checkpoint(run.last, run_checkpoint(state, run.data, run.dist, running))
 
 
 def final_evaluation(state: FinetuneState, run: Run) -> dict:

@@ -8,10 +8,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from jjepa.common.errors import JJepaError
+from jjepa.common.errors import JJepaError, ShardError
 from jjepa.train.config import PRESETS, FinetuneConfig, ModelConfig, config_from_dict
 from jjepa.train.data.loader import ShardSet
 from jjepa.train.data.part_inputs import PartFeatures
+from jjepa.train.data.provenance import check_disjoint, check_same_clustering, fingerprint
 from jjepa.train.data.subsets import stratified_subset
 from jjepa.train.data.transform import InputTransform
 from jjepa.train.mechanics.checkpoint import load_checkpoint
@@ -37,24 +38,33 @@ class Prepared:
     kept: dict  # n_train_jets, n_val_jets, n_test_jets after ``min_subjets``
     n_available: int  # training jets before the label subset
     resolved: dict  # the resolved configuration written to config.yaml and the checkpoints
+    fingerprints: dict  # training, validation, test → their fingerprint (``provenance.fingerprint``)
 
 
 def prepare(config: FinetuneConfig, device: torch.device) -> Prepared:
-    """Open the shard sets, check them against each other, draw the label subset, resolve the architecture."""
+    """Open the shard sets, check them against each other (and the checkpoint), draw the label subset,
+    resolve the architecture. Everything here fails before the first step, never after training."""
     train_set, val_set, test_set = (ShardSet(f, verify=config.verify_shards) for f in (config.train, config.val,
                                                                                       config.test))
     for role, other in (("--val", val_set), ("--test", test_set)):
         train_set.check_like(other, role)
-    classes, mapping = tagging_classes(train_set, val_set, test_set)
+    check_disjoint({"--train": (train_set.folder, train_set.manifest), "--val": (val_set.folder, val_set.manifest),
+                    "--test": (test_set.folder, test_set.manifest)})
+    fingerprints = {role: fingerprint(s.folder, s.manifest)
+                    for role, s in (("training", train_set), ("validation", val_set), ("test", test_set))}
     if config.mode == "part" and config.checkpoint:
         log.info("mode part trains the Particle Transformer from scratch; %s is not used", config.checkpoint)
     pretrained = (load_checkpoint(config.checkpoint, kind="pretrain") if config.checkpoint and config.mode != "part"
                   else None)
+    if pretrained is not None and pretrained.get("data"):
+        check_same_clustering(pretrained["data"]["cluster"], train_set.folder, train_set.manifest,
+                              f"the encoder {config.checkpoint} was pretrained on")
     model_config, transform = architecture(config, pretrained, train_set)
     train_set, val_set, test_set = (s.with_min_subjets(config.min_subjets) for s in (train_set, val_set, test_set))
     kept = {"n_train_jets": train_set.n_jets, "n_val_jets": val_set.n_jets, "n_test_jets": test_set.n_jets}
     if config.min_subjets > 0:
         log.info("jets with at least %d real subjets: %s", config.min_subjets, kept)
+    classes, mapping = tagging_classes(train_set, val_set, test_set, config.min_subjets)
     n_available = train_set.n_jets
     if config.label_fraction is not None or config.n_labels is not None:
         train_set = train_set.select(stratified_subset(train_set.labels(), config.seed, config.label_fraction,
@@ -64,7 +74,7 @@ def prepare(config: FinetuneConfig, device: torch.device) -> Prepared:
              ", ".join(f"{c}: {n}" for c, n in zip(classes, class_counts, strict=True)))
     resolved = {**config.to_dict(), "model": model_config and asdict(model_config), "transform": asdict(transform)}
     return Prepared(train_set, val_set, test_set, classes, torch.from_numpy(mapping).to(device), model_config,
-                    transform, pretrained, kept, n_available, resolved)
+                    transform, pretrained, kept, n_available, resolved, fingerprints)
 
 
 def architecture(config: FinetuneConfig, checkpoint: dict | None,
@@ -84,45 +94,66 @@ def architecture(config: FinetuneConfig, checkpoint: dict | None,
     return shards.bind(model), transform
 
 
-def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet) -> tuple[tuple[str, ...], np.ndarray]:
+def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet,
+                    min_subjets: int = 0) -> tuple[tuple[str, ...], np.ndarray]:
     """The classes the tagger learns: those of the shards' class names that have training jets.
 
     Shards in the JetClass layout name all ten JetClass classes even when a file set holds two of
     them (e.g. top and QCD): classes without a single training jet are dropped, so that sample
-    becomes a binary tagger. Returns the kept names and an int64 map from shard label to tagger
-    label (−1 for dropped classes).
+    becomes a binary tagger. Jets are counted from their labels, after ``min_subjets`` (which may
+    empty a class). Returns the kept names and an int64 map from shard label to tagger label (−1 for
+    dropped classes).
 
     Raises:
         JJepaError: the folders name different classes, fewer than two classes have training jets,
-            validation/test jets belong to a class with no training jets, or a kept class has no test
-            jets.
+            validation/test jets belong to a class with no training jets, or a kept class has no
+            validation or test jets.
     """
     names = tuple(train.manifest.classes)
-    others = (val, test)
-    for other in others:
+    for other in (val, test):
         if tuple(other.manifest.classes) != names:
             raise JJepaError(f"{other.folder}: classes {list(other.manifest.classes)} differ from the training "
                              f"shards' {list(names)}")
-    counts = np.sum([r.class_counts for r in train.manifest.shards], axis=0) if names else np.zeros(0)
+    cut = f" with at least {min_subjets} real subjets" if min_subjets > 0 else ""
+    counts = class_counts(train, len(names))
     present = np.flatnonzero(counts > 0)
     if len(present) < 2:
-        raise JJepaError(f"{train.folder}: {len(present)} class(es) have training jets; tagging needs at least 2")
-    for other in others:
-        other_counts = np.sum([r.class_counts for r in other.manifest.shards], axis=0)
+        raise JJepaError(f"{train.folder}: {len(present)} class(es) have training jets{cut}; tagging needs at least 2"
+                         f"{' (lower min_subjets)' if cut else ''}")
+    for other, role in ((val, "validation"), (test, "test")):
+        other_counts = class_counts(other, len(names))
         stray = [names[i] for i in np.flatnonzero((other_counts > 0) & (counts == 0))]
         if stray:
-            raise JJepaError(f"{other.folder}: holds jets of {stray}, which the training shards never show")
-    test_counts = np.sum([r.class_counts for r in test.manifest.shards], axis=0)
-    absent = [names[i] for i in present if test_counts[i] == 0]
-    if absent:
-        raise JJepaError(f"{test.folder}: no test jets of {absent}; every class the tagger learns needs test "
-                         "jets for the ROC (use test shards with all the training classes)")
+            raise JJepaError(f"{other.folder}: holds jets of {stray}, which the training shards never show{cut}")
+        absent = [names[i] for i in present if other_counts[i] == 0]
+        if absent:
+            raise JJepaError(f"{other.folder}: no {role} jets{cut} of {absent}; every class the tagger learns needs "
+                             f"{role} jets (for early stopping and the ROC): use {role} shards with all the training "
+                             "classes")
     mapping = np.full(len(names), -1, dtype=np.int64)
     mapping[present] = np.arange(len(present))
     if len(present) < len(names):
         log.info("classes with training jets: %s (the others named by the shards are dropped)",
                  [names[i] for i in present])
     return tuple(names[i] for i in present), mapping
+
+
+def class_counts(shards: ShardSet, n_classes: int) -> np.ndarray:
+    """Jets per class among the selected jets of ``shards``, (n_classes,) int64, read from their labels.
+
+    Raises:
+        ShardError: a label outside −1 (unlabelled) … n_classes − 1, naming the shard and the jet.
+    """
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for k, labels in enumerate(shards.labels()):
+        bad = np.flatnonzero((labels < -1) | (labels >= n_classes))
+        if len(bad):
+            rows = bad if shards.index is None else shards.index[k][bad]
+            raise ShardError(f"{shards.folder / shards.manifest.shards[k].file}: jet {int(rows[0])} has label "
+                             f"{int(labels[bad[0]])}, outside the {n_classes} classes of its manifest; the shard is "
+                             "damaged: rebuild it (`jjepa-preprocess cluster ... --resume`)")
+        counts += np.bincount(labels[labels >= 0], minlength=n_classes)
+    return counts
 
 
 def tagger_optimizer(model: JetClassifier | PartTagger, config: FinetuneConfig) -> torch.optim.AdamW:

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from jjepa.common.errors import JJepaError
 from jjepa.train.config import (
     FINETUNE_RESUMABLE_CHANGES,
+    FINETUNE_UNREAD_BY_MODE,
     FinetuneConfig,
     config_differences,
     describe_differences,
@@ -54,11 +56,11 @@ def build_state(config: FinetuneConfig, data: Prepared, device: torch.device) ->
                          best_model=copy.deepcopy(model.state_dict()))
 
 
-def run_checkpoint(state: FinetuneState, resolved: dict, dist: DistInfo, running: list[float]) -> FinetuneRunCheckpoint:
-    """What ``last.pt`` holds for ``state`` of the run configured by ``resolved``; ``running`` is every rank's
-    loss sum since the last validation (or rank 0's alone)."""
+def run_checkpoint(state: FinetuneState, data: Prepared, dist: DistInfo, running: list[float]) -> FinetuneRunCheckpoint:
+    """What ``last.pt`` holds for ``state`` of the run set up as ``data``; ``running`` is every rank's loss
+    sum since the last validation (or rank 0's alone)."""
     return FinetuneRunCheckpoint(
-        config=resolved, model=state.model.state_dict(), buffers=_unsaved_buffers(state.model),
+        config=data.resolved, data=data.fingerprints, model=state.model.state_dict(), buffers=_unsaved_buffers(state.model),
         optimizer=state.optimizer.state_dict(),
         scaler=state.scaler.state_dict() if state.scaler.is_enabled() else {}, step=state.step,
         cursor={"epoch": state.cursor.epoch, "offset": state.cursor.offset}, world_size=dist.world_size,
@@ -105,6 +107,28 @@ def check_resumable(resolved: dict, saved: dict, path: Path) -> None:
         raise JJepaError(f"cannot resume {path}: its run was made with other settings "
                          f"({describe_differences(differences, there='in the checkpoint')}); start a new run "
                          "(--out) to change them")
+
+
+def finished_run_differences(folder: Path, config: FinetuneConfig) -> dict[str, tuple]:
+    """How ``config`` differs from the run whose ``config.yaml`` is in ``folder`` ({} if there is none), in
+    what changes its results (``config_differences``).
+
+    Not compared: what a run may change on resuming (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …),
+    what its mode does not read (``FINETUNE_UNREAD_BY_MODE``), and the model and transform where the run takes
+    them from its checkpoint (a ``scratch`` run sized by a preset is compared on its own). Files are compared
+    by path, not content: a checkpoint or shard folder rewritten in place is not noticed here.
+    """
+    path = folder / "config.yaml"
+    if not path.exists():
+        return {}
+    stored = yaml.safe_load(path.read_text()) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
+    ignored = FINETUNE_RESUMABLE_CHANGES | FINETUNE_UNREAD_BY_MODE[config.mode]
+    if config.mode == "scratch" and config.preset is not None:
+        ignored |= {"checkpoint"}  # the preset, not the checkpoint, gives the architecture
+    elif config.mode != "part":
+        ignored |= {"transform"}  # taken from the checkpoint (and the model: unset here, so not compared)
+    return config_differences(stored, wanted, ignored, new_fields_ok=True)
 
 
 def open_run(config: FinetuneConfig, out: Path, resume: bool) -> dict | None:

@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import JJepaError, ShardError
-from jjepa.common.schema import JET_FEATURE_NAMES, config_dict
+from jjepa.common.schema import JET_FEATURE_NAMES
 from jjepa.common.version import jjepa_version
 from jjepa.train.config import ModelConfig, PartConfig
 from jjepa.train.data.loader import FINETUNE_FIELDS, ShardSet, evaluation_batches
 from jjepa.train.data.part_inputs import PartFeatures, PartInputs
+from jjepa.train.data.provenance import check_same_clustering
 from jjepa.train.data.transform import InputTransform
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.mechanics.distributed import autocast, resolve_device
@@ -180,12 +181,7 @@ def label_map_for(tagger: Tagger, shards: ShardSet) -> np.ndarray:
                          f"{tagger.checkpoint} reads S={want[0]}, N={want[1]}; recluster with "
                          f"`jjepa-preprocess cluster --n-subjets {want[0]} --n-particles {want[1]}`")
     if tagger.cluster is not None:
-        shard_cluster = config_dict(shards.manifest.cluster)
-        for key in ("algorithm", "radius"):
-            if key in tagger.cluster and tagger.cluster[key] != shard_cluster[key]:
-                raise ShardError(f"{folder}: subjets clustered with {key}={shard_cluster[key]}, the tagger "
-                                 f"{tagger.checkpoint} was trained on {key}={tagger.cluster[key]}; recluster "
-                                 f"with `jjepa-preprocess cluster --{key} {tagger.cluster[key]}`")
+        check_same_clustering(tagger.cluster, folder, shards.manifest, f"the tagger {tagger.checkpoint} was trained on")
     names = tuple(shards.manifest.classes)
     counts = (np.sum([r.class_counts for r in shards.manifest.shards], axis=0) if names
               else np.zeros(0, dtype=np.int64))

@@ -30,6 +30,7 @@ from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
 from jjepa.train.config import PretrainConfig, config_from_dict
 from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardSet, evaluation_batches, training_loader
+from jjepa.train.data.provenance import check_same_jets, fingerprint
 from jjepa.train.data.transform import batch_inputs
 from jjepa.train.mechanics.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
 from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
@@ -165,8 +166,9 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
 
     checkpoint = None
     if resume:
-        checkpoint = load_checkpoint(last)
+        checkpoint = load_checkpoint(last, kind="pretrain")
         check_resumable(config, config_from_dict(checkpoint["config"]))
+        check_same_jets(checkpoint.get("data"), fingerprint(shards.folder, shards.manifest), "training", last)
         check_world_size(int(checkpoint["world_size"]), dist_info, last)
     elif last.exists():
         raise JJepaError(f"{out} already holds a run ({last}); pass --resume to continue it, or choose another --out")
@@ -300,7 +302,8 @@ def _save(state: RunState, run: Run) -> None:
     if run.dist.is_main:
         if not (math.isfinite(state.interval.total()) and _finite_weights(state)):
             raise _diverged(run.config, state.step, run.last)
-        save_checkpoint(run.last, checkpoint_dict(state, run.config, run.dist.world_size))
+        save_checkpoint(run.last, checkpoint_dict(state, run.config, run.dist.world_size,
+                                                  fingerprint(run.shards.folder, run.shards.manifest)))
         keep_step_copy(run.last, state.step, run.config.keep_checkpoints)
 
 

@@ -66,13 +66,13 @@ def restore_state(state: RunState, checkpoint: dict) -> None:
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.step = int(checkpoint["step"])
     state.cursor = Cursor(**checkpoint["cursor"])
-    state.interval.restore(float(checkpoint["interval_loss"]), int(checkpoint["interval_steps"]))
+    state.interval.restore(float(checkpoint.get("interval_loss", 0.0)), int(checkpoint.get("interval_steps", 0)))
     torch.set_rng_state(checkpoint["torch_rng"])
     if checkpoint.get("scaler") and state.scaler.is_enabled():
         state.scaler.load_state_dict(checkpoint["scaler"])
 
 
-def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) -> PretrainCheckpoint:
+def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int, data: dict) -> PretrainCheckpoint:
     """What ``save_checkpoint`` writes for ``state``."""
     return PretrainCheckpoint(
         config=config.to_dict(),
@@ -86,4 +86,5 @@ def checkpoint_dict(state: RunState, config: PretrainConfig, world_size: int) ->
         interval_steps=state.interval.steps,
         torch_rng=torch.get_rng_state(),
         scaler=state.scaler.state_dict(),
+        data=data,
     )

@@ -21,19 +21,13 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
 from jjepa.common.atomic import atomic_path
 from jjepa.common.errors import JJepaError
-from jjepa.train.config import (
-    FINETUNE_RESUMABLE_CHANGES,
-    FINETUNE_UNREAD_BY_MODE,
-    FinetuneConfig,
-    config_differences,
-    describe_differences,
-)
+from jjepa.train.config import FinetuneConfig, describe_differences
 from jjepa.train.report.plots import plot_rejection_vs_labels
 from jjepa.train.report.summary import cell_name, run_row, summarise, summary_markdown, write_rows
 from jjepa.train.runners.finetune import finetune
+from jjepa.train.runners.finetune_state import finished_run_differences
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +77,9 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
 
 
 def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
-    """Stop if the finished ``cell`` was made with other settings than ``config``.
-
-    Compared: the fields of its ``config.yaml``, except those a run may change on resuming
-    (``FINETUNE_RESUMABLE_CHANGES``: device, precision, …), those its mode does not read
-    (``FINETUNE_UNREAD_BY_MODE``), and the model and transform where the run takes them from its checkpoint
-    (a ``scratch`` cell sized by a preset is compared on its own). Files are compared by path, not
-    content: a checkpoint or shard folder rewritten in place is not noticed.
-    """
-    path = cell / "config.yaml"
-    if not path.exists():
-        return
-    stored = yaml.safe_load(path.read_text()) or {}
-    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))
-    ignored = FINETUNE_RESUMABLE_CHANGES | FINETUNE_UNREAD_BY_MODE[config.mode]
-    if config.mode == "scratch" and config.preset is not None:
-        ignored |= {"checkpoint"}  # the preset, not the checkpoint, gives the architecture
-    elif config.mode != "part":
-        ignored |= {"transform"}  # taken from the checkpoint (and the model: unset here, so not compared)
-    differences = config_differences(stored, wanted, ignored, new_fields_ok=True)
+    """Stop if the finished ``cell`` was made with other settings than ``config`` (``finished_run_differences``)."""
+    differences = finished_run_differences(cell, config)
     if differences:
-        details = describe_differences(differences)
-        raise JJepaError(f"{cell} is a finished cell made with other settings ({details}); its results would be "
-                         "mixed with runs of the new ones. Scan into another --out, or delete that folder to "
-                         "rerun it")
+        raise JJepaError(f"{cell} is a finished cell made with other settings ({describe_differences(differences)}); "
+                         "its results would be mixed with runs of the new ones. Scan into another --out, or delete "
+                         "that folder to rerun it")
