@@ -80,6 +80,24 @@ def test_stop_after_then_resume_equals_a_straight_run(toy_train, toy_val, toy_te
     assert not (out / "checkpoints" / "last.pt").exists(), "a finished run keeps best.pt only"
 
 
+def test_a_failure_in_the_final_evaluation_keeps_the_training(toy_train, toy_val, toy_test, tmp_path, straight,
+                                                               monkeypatch):
+    real_evaluation = finetune_module.final_evaluation
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(finetune_module, "final_evaluation", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(OSError):
+        finetune(ft_config(toy_train, toy_val, toy_test, out, precision="fp32"), progress=False)
+    saved = load_checkpoint(out / "checkpoints" / "last.pt", kind="finetune_run")
+    assert saved["done"] and saved["step"] == 20
+    monkeypatch.setattr(finetune_module, "final_evaluation", real_evaluation)
+    finetune(ft_config(toy_train, toy_val, toy_test, out, precision="fp32"), progress=False, resume=True)
+    assert_same_run(straight["fp32"], run_outputs(out))
+
+
 def test_sigterm_stops_with_a_checkpoint_that_resumes_exactly(toy_train, toy_val, toy_test, tmp_path, straight,
                                                             monkeypatch):
     real_step = finetune_module.train_step

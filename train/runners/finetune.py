@@ -12,7 +12,8 @@ One call of ``finetune`` fills a run folder::
     out/test_predictions.npz    labels (J,), class probabilities (J, C) and class names, test set
     out/val_predictions.npz     the same on the validation set (choices between variants are made on it)
     out/checkpoints/last.pt     while the run is unfinished: written every ``checkpoint_every`` steps, at
-                                ``stop_after``, on Ctrl-C and SIGTERM; ``--resume`` continues from it exactly
+                                ``stop_after``, on Ctrl-C and SIGTERM, and when training ends (so a failure in
+                                the final evaluation loses no training); ``--resume`` continues from it exactly
                                 (bit for bit on the CPU) and it is removed when the run finishes
 
 The model kept is the one with the lowest *validation* loss; validation runs once per epoch or
@@ -187,6 +188,7 @@ def _finetune(config: FinetuneConfig, info: DistInfo, progress: bool, resume: bo
                 _save(state, run, coordinated=True)
                 log.info("stopped at step %d of %d (stop_after); continue with --resume", state.step, run.steps)
                 return {"step": state.step, "total_steps": run.steps, "stopped": True}
+            _save(state, run, coordinated=True)  # training is over: a failure while evaluating keeps it (--resume)
             metrics = final_evaluation(state, run)
         except KeyboardInterrupt as interrupt:
             _save(state, run, coordinated=getattr(interrupt, "coordinated", False))
