@@ -58,6 +58,14 @@ def test_sets_sharing_a_shard_are_refused_before_training(toy_train, toy_val, tm
     assert not (tmp_path / "ft").exists()
 
 
+def test_pretraining_validated_on_its_own_training_jets_is_refused(toy_train, tmp_path):
+    config = resolve_pretrain_config({**PRETRAIN, "data": str(toy_train), "val": str(toy_train),
+                                      "out": str(tmp_path / "pre")})
+    with pytest.raises(JJepaError, match=r"--data .*shard-00000\.h5 and --val .*shard-00000\.h5 are the same shard"):
+        pretrain(config, progress=False)
+    assert not (tmp_path / "pre").exists()
+
+
 def test_overlapping_entries_of_one_input_are_refused_and_disjoint_ones_pass():
     train = manifest_of([("a.root", 0, 100), ("a.root", 100, 200)])
     check_disjoint({"--train": ("t", train), "--val": ("v", manifest_of([("a.root", 200, 300)])),

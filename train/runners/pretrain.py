@@ -30,7 +30,7 @@ from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
 from jjepa.train.config import PretrainConfig, config_from_dict
 from jjepa.train.data.loader import PRETRAIN_FIELDS, ShardSet, evaluation_batches, training_loader
-from jjepa.train.data.provenance import check_same_jets, fingerprint
+from jjepa.train.data.provenance import check_disjoint, check_same_jets, fingerprint
 from jjepa.train.data.transform import batch_inputs
 from jjepa.train.mechanics.checkpoint import keep_step_copy, load_checkpoint, save_checkpoint
 from jjepa.train.mechanics.diagnostics import effective_rank, representation_std
@@ -163,6 +163,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
                   if config.val else None)
     if val_shards is not None:
         shards.check_like(val_shards, "--val")
+        check_disjoint({"--data": (shards.folder, shards.manifest), "--val": (val_shards.folder, val_shards.manifest)})
 
     checkpoint = None
     if resume:
