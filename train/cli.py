@@ -260,7 +260,7 @@ def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) 
               help="Pretraining checkpoint.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
 @click.option("--encoder", type=click.Choice(ENCODERS), default="target", help="Which pretrained encoder.")
-@click.option("--batch-size", type=int, default=1024, help="Jets per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, help="Jets per forward pass.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @reports_errors
@@ -279,7 +279,7 @@ def embed(data, checkpoint, out, encoder, batch_size, device, progress) -> None:
               help="Shard folder to score (same S, N and clustering as the tagger's training shards).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output file; the suffix picks the format: .h5, .parquet or .root (TTree 'jets').")
-@click.option("--batch-size", type=int, default=1024, help="Jets per forward pass.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, help="Jets per forward pass.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @reports_errors

@@ -267,9 +267,9 @@ def config_differences(stored: dict, wanted: dict, ignore: frozenset[str] = froz
     return differences
 
 
-def describe_differences(differences: dict[str, tuple], there: str = "there") -> str:
+def describe_differences(differences: dict[str, tuple], there: str = "there", here: str = "now") -> str:
     """``config_differences`` as one line for an error message: ``"lr: 0.001 there, 0.0003 now, …"``."""
-    return ", ".join(f"{k}: {old!r} {there}, {new!r} now" for k, (old, new) in differences.items())
+    return ", ".join(f"{k}: {old!r} {there}, {new!r} {here}" for k, (old, new) in differences.items())
 
 
 def _check_learning_rate(lr: float, final_lr: float) -> None:

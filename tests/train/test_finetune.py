@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 
 import h5py
@@ -194,6 +195,26 @@ def test_embed_rows_follow_the_input_jets(simulated_splits, pretrained, tmp_path
     with torch.no_grad():
         expected = jet_representation(encoder(inputs), inputs.subjet_mask)
     np.testing.assert_allclose(embeddings[:5], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_embed_refuses_its_own_inputs_another_clustering_and_an_empty_batch(simulated_splits, pretrained, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(simulated_splits["test"], data)
+
+    def embed(*extra):
+        return CliRunner().invoke(cli, ["embed", "--data", str(data), "--checkpoint", str(pretrained), "--device",
+                                        "cpu", "--no-progress", *extra])
+
+    manifest = (data / "manifest.json").read_text()
+    result = embed("--out", str(data / "manifest.json"))
+    assert result.exit_code == 1 and "a file of the input folder" in result.output
+    assert (data / "manifest.json").read_text() == manifest
+    result = embed("--out", str(tmp_path / "e.h5"), "--batch-size", "0")
+    assert result.exit_code == 2 and "--batch-size" in result.output
+    (data / "manifest.json").write_text(manifest.replace('"radius": 0.2', '"radius": 0.3'))
+    result = embed("--out", str(tmp_path / "e.h5"))
+    assert result.exit_code == 1 and "radius=0.3, but the encoder" in result.output, result.output
+    assert not (tmp_path / "e.h5").exists()
 
 
 def test_cli_finetune_reports_metrics(simulated_splits, pretrained, tmp_path):

@@ -129,6 +129,25 @@ def test_shards_of_other_classes_or_clustering_are_refused(toy_tagger, toy_test,
         predict(toy_tagger / "checkpoints" / "best.pt", renamed, tmp_path / "s.root", progress=False)
 
 
+def test_an_output_path_that_is_an_input_shard_is_refused(toy_tagger, toy_test, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(toy_test, data)
+    before = (data / shard_name(0)).read_bytes()
+    with pytest.raises(ShardError, match="a file of the input folder .*would destroy the shards"):
+        predict(toy_tagger / "checkpoints" / "best.pt", data, data / shard_name(0), progress=False)
+    assert (data / shard_name(0)).read_bytes() == before
+    predict(toy_tagger / "checkpoints" / "best.pt", data, data / "scores.h5", progress=False)  # beside them: fine
+    assert read_back(data / "scores.h5")[1]["tagger_min_subjets"] == 0
+
+
+def test_a_file_that_is_no_checkpoint_is_one_clear_line(toy_test, tmp_path):
+    result = CliRunner().invoke(cli, ["predict", "--checkpoint", str(toy_test / "manifest.json"), "--data",
+                                      str(toy_test), "--out", str(tmp_path / "s.h5"), "--no-progress"])
+    assert result.exit_code == 1
+    assert "manifest.json: not a readable PyTorch checkpoint (" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_a_pretraining_checkpoint_is_refused(toy_test, tmp_path):
     save_checkpoint(tmp_path / "last.pt", {"target_encoder": {"w": torch.zeros(1)}, "config": {}})
     with pytest.raises(JJepaError, match="pretraining checkpoint"):

@@ -62,3 +62,42 @@ def test_evaluate_writes_paired_differences_that_match_the_runs(two_mode_scan, t
     with open(tmp_path / "report" / "label_efficiency.csv", newline="") as f:
         efficiency = list(csv.DictReader(f))
     assert {"rej_at_50_ci_low", "rej_at_50_seed_spread"} <= set(efficiency[0])
+
+
+def _scan_copy(scan_folder, folder, seeds: set[int]):
+    """A copy of a scan folder whose scan.csv lists only the cells of ``seeds``."""
+    import shutil
+
+    shutil.copytree(scan_folder, folder)
+    with open(folder / "scan.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(folder / "scan.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["seed"]) in seeds)
+    return folder
+
+
+def test_evaluate_refuses_to_mix_cells_it_cannot_average_or_pair(two_mode_scan, tmp_path):
+    from jjepa.common.errors import JJepaError
+
+    reference = evaluate([two_mode_scan], tmp_path / "one")
+    assert evaluate([two_mode_scan, two_mode_scan], tmp_path / "twice") == reference  # read once
+    with pytest.raises(JJepaError, match=r"freeze-f1-s0 and .*freeze-f1-s0 are the same cell \(mode freeze, label "
+                                         r"fraction 1, seed 0\) from two scans"):
+        evaluate([two_mode_scan, _scan_copy(two_mode_scan, tmp_path / "copy", {0, 1})], tmp_path / "dup")
+    # Seeds 0 and 1 from two scans are one configuration: the same report as the one scan.
+    first, second = (_scan_copy(two_mode_scan, tmp_path / name, {seed}) for name, seed in (("a", 0), ("b", 1)))
+    assert evaluate([first, second], tmp_path / "split") == reference
+    config = second / "scratch-f1-s1" / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.001\n", "lr: 0.003\n"))
+    with pytest.raises(JJepaError, match=r"were made with other settings \(lr: 0\.001 in scratch-f1-s0, 0\.003 in "
+                                         r"scratch-f1-s1\); their seeds cannot be averaged"):
+        evaluate([first, second], tmp_path / "mixed")
+    config.write_text(config.read_text().replace("lr: 0.003\n", "lr: 0.001\n"))
+    # Another test folder with the same labels in the same order: told apart by its shards' digest.
+    metrics_path = second / "scratch-f1-s1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "test_shards_sha256": "0" * 64}))
+    with pytest.raises(JJepaError, match="were scored on different test jets"):
+        evaluate([first, second], tmp_path / "other-test")

@@ -9,6 +9,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+import torch
 from jjepa.common.atomic import sha256_file
 from jjepa.common.errors import JJepaError, ShardError
 from jjepa.common.schema import ClusterConfig
@@ -164,15 +165,42 @@ def test_a_class_missing_from_validation_or_training_after_a_cut_is_refused(toy_
         tagging_classes(only_class(train, 1), val, test, min_subjets=7)
 
 
-def test_a_label_outside_the_classes_is_named(toy_val, tmp_path):
-    folder = tmp_path / "val"
-    shutil.copytree(toy_val, folder)
-    path = folder / shard_name(1)
+def relabelled(source, folder, shard: int, rows, label: int) -> ShardSet:
+    """A copy of ``source`` with ``label`` written at ``rows`` of one shard (the manifest agreeing)."""
+    shutil.copytree(source, folder)
+    path = folder / shard_name(shard)
     with h5py.File(path, "r+") as f:
-        f["labels"][17] = 5
+        f["labels"][rows] = label
     manifest = read_manifest(folder)
-    manifest.shards[1].sha256 = sha256_file(path)
+    manifest.shards[shard].sha256 = sha256_file(path)
     write_manifest(folder, manifest)
-    shards = ShardSet(folder)
+    return ShardSet(folder)
+
+
+def test_a_label_outside_the_classes_is_named(toy_val, tmp_path):
+    shards = relabelled(toy_val, tmp_path / "val", 1, [17], 5)
     with pytest.raises(ShardError, match=r"shard-00001\.h5: jet 17 has label 5, outside the 2 classes"):
         tagging_classes(shards, shards, shards)
+
+
+def test_unlabelled_jets_are_refused_in_every_split(toy_train, toy_val, toy_test, tmp_path):
+    """Before, a −1 label indexed the label map from the end: the jets were trained and scored as 'top'."""
+    train, val = ShardSet(toy_train), ShardSet(toy_val)
+    test = relabelled(toy_test, tmp_path / "test", 0, slice(0, 100), -1)
+    with pytest.raises(JJepaError, match=r"test: 100 test jet\(s\) without a label \(−1\)"):
+        tagging_classes(train, val, test)
+    with pytest.raises(JJepaError, match=r"100 training jet\(s\) without a label"):
+        tagging_classes(test, val, train)
+
+
+def test_the_label_map_keeps_unlabelled_jets_unlabelled():
+    from jjepa.train.data.loader import Cursor, JetBatch
+    from jjepa.train.data.transform import InputTransform
+    from jjepa.train.runners.inference import to_device
+
+    labels = torch.tensor([-1, 0, 1, -1])
+    label_map = torch.tensor([0, 1])  # before, label_map[-1] made the unlabelled jets class 1
+    batch = JetBatch({"particles": torch.zeros(4, 2, 3, 4), "particle_mask": torch.zeros(4, 2, 3, dtype=torch.bool),
+                      "subjets": torch.zeros(4, 2, 4), "subjet_mask": torch.zeros(4, 2, dtype=torch.bool),
+                      "labels": labels}, Cursor())
+    assert to_device(batch, InputTransform(), torch.device("cpu"), label_map)[1].tolist() == [-1, 0, 1, -1]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from jjepa.common.errors import ShardError
 from jjepa.common.schema import SHARD_ARRAYS, config_dict, validate_shard
-from jjepa.common.shards import Manifest, open_memmaps, read_manifest
+from jjepa.common.shards import MANIFEST_NAME, Manifest, open_memmaps, read_manifest
 from jjepa.train.config import ModelConfig
 from jjepa.train.data.integrity import verify_shards
 from jjepa.train.data.provenance import check_same_clustering
@@ -144,6 +144,13 @@ class ShardSet:
                              f"N={self.n_particles}; cluster every set with the same --n-subjets and --n-particles")
         check_same_clustering(config_dict(self.manifest.cluster), other.folder, other.manifest,
                               f"{role}: the shards in {self.folder} have")
+
+    def refuse_as_output(self, out: str | os.PathLike) -> None:
+        """Refuse ``out`` when it is one of these shards or their manifest: writing it would destroy the input."""
+        ours = {(self.folder / name).resolve() for name in [MANIFEST_NAME, *(r.file for r in self.manifest.shards)]}
+        if Path(out).resolve() in ours:
+            raise ShardError(f"{out}: a file of the input folder {self.folder}; writing it would destroy the shards "
+                             "it is computed from: choose another output path")
 
     def bind(self, model: ModelConfig) -> ModelConfig:
         """``model`` with S and N taken from these shards; an encoder built for other S or N is an error."""

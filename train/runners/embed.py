@@ -22,6 +22,7 @@ from jjepa.common.atomic import atomic_path
 from jjepa.common.version import jjepa_version
 from jjepa.train.config import config_from_dict
 from jjepa.train.data.loader import FINETUNE_FIELDS, ShardSet, evaluation_batches
+from jjepa.train.data.provenance import check_same_clustering
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.mechanics.distributed import resolve_device
 from jjepa.train.model.classifier import encoder_state
@@ -50,11 +51,15 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
     state = load_checkpoint(checkpoint, kind="pretrain")
     saved = config_from_dict(state["config"])
     shards = ShardSet(data)
+    if state.get("data"):
+        check_same_clustering(state["data"]["cluster"], shards.folder, shards.manifest,
+                              f"the encoder {checkpoint} was pretrained on")
     model = SubjetTransformer(shards.bind(saved.model))
     model.load_state_dict(encoder_state(state, encoder))
     model.to(torch_device).eval()
     n_jets = shards.n_jets
     out = Path(out)
+    shards.refuse_as_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         embeddings = f.create_dataset("embeddings", (n_jets, saved.model.embed_dim), dtype="float32")

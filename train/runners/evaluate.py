@@ -21,12 +21,15 @@ test jets and, seed by seed, trained on the same label subset, so a paired boots
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
+import yaml
 from jjepa.common.atomic import atomic_path, write_json_atomic
 from jjepa.common.errors import JJepaError
+from jjepa.train.config import FINETUNE_RESUMABLE_CHANGES, config_differences, describe_differences
 from jjepa.train.report.intervals import paired_deltas
 from jjepa.train.report.metrics import json_safe, tagging_curves
 from jjepa.train.report.plots import plot_rejection_vs_labels, plot_roc
@@ -43,18 +46,56 @@ PAIRED_COLUMNS: tuple[str, ...] = ("mode", "baseline", "n_train_labels", "metric
 
 
 def read_scans(folders: list[str | Path]) -> list[dict]:
-    """The rows of every ``scan.csv`` in ``folders``, typed, with each row's cell folder."""
-    rows = []
+    """The rows of every ``scan.csv`` in ``folders``, typed, with each row's cell folder.
+
+    A folder given twice is read once. Refused: the same cell (mode, label fraction, seed) in two scans,
+    and cells of one mode and label fraction made with other settings (``check_same_settings``): their
+    seeds would be averaged as if they were one configuration.
+    """
+    rows, seen, cells = [], set(), {}
     for folder in map(Path, folders):
+        if folder.resolve() in seen:
+            log.warning("%s is given twice; it is read once", folder)
+            continue
+        seen.add(folder.resolve())
         table = folder / "scan.csv"
         if not table.exists():
             raise JJepaError(f"{folder}: no scan.csv; run `jjepa-train scan --out {folder} ...` first")
         for row in read_rows(table):
             row["folder"] = folder / cell_name(row["mode"], row["label_fraction"], row["seed"])
+            key = (row["mode"], row["label_fraction"], row["seed"])
+            if key in cells:
+                raise JJepaError(f"{cells[key]} and {row['folder']} are the same cell (mode {key[0]}, label fraction "
+                                 f"{key[1]:g}, seed {key[2]}) from two scans; evaluate one run per cell: leave one "
+                                 "of those scans out")
+            cells[key] = row["folder"]
             rows.append(row)
     if not rows:
         raise JJepaError(f"the scans {[str(f) for f in folders]} hold no finished cells")
+    check_same_settings(rows)
     return rows
+
+
+def check_same_settings(rows: list[dict]) -> None:
+    """Refuse cells of one mode and label fraction whose ``config.yaml`` differ beyond the seed (and where or
+    how they ran: ``FINETUNE_RESUMABLE_CHANGES``)."""
+    first: dict[tuple, tuple[Path, dict]] = {}
+    for row in rows:
+        path = row["folder"] / "config.yaml"
+        if not path.exists():
+            continue
+        settings = yaml.safe_load(path.read_text()) or {}
+        key = (row["mode"], row["label_fraction"])
+        if key not in first:
+            first[key] = (row["folder"], settings)
+            continue
+        folder, reference = first[key]
+        row_name = row["folder"].name
+        differences = config_differences(reference, settings, FINETUNE_RESUMABLE_CHANGES | {"seed"})
+        if differences:
+            raise JJepaError(f"{folder} and {row['folder']} ({key[0]}, label fraction {key[1]:g}) were made with other "
+                             f"settings ({describe_differences(differences, f'in {folder.name}', f'in {row_name}')}); "
+                             "their seeds cannot be averaged: evaluate scans of one configuration per mode")
 
 
 def evaluate(scans: list[str | Path], out: str | Path, n_resamples: int = 1000) -> dict:
@@ -113,7 +154,8 @@ def paired_comparisons(rows: list[dict], n_resamples: int = 1000) -> list[dict]:
                     continue
                 labels, classes, probs_a = _predictions([cells[(mode, fraction, s)] for s in seeds])
                 other_labels, _, probs_b = _predictions([cells[(baseline, fraction, s)] for s in seeds])
-                if not np.array_equal(labels, other_labels):
+                if not (np.array_equal(labels, other_labels) and _same_test_shards(
+                        [cells[(mode, fraction, s)] for s in seeds] + [cells[(baseline, fraction, s)] for s in seeds])):
                     raise JJepaError(f"{cells[(mode, fraction, seeds[0])]['folder']} and "
                                      f"{cells[(baseline, fraction, seeds[0])]['folder']} were scored on different "
                                      "test jets; pair only runs that share --test")
@@ -172,6 +214,18 @@ def _predictions(cells: list[dict]) -> tuple[np.ndarray, list[str], list[np.ndar
             labels, classes = saved["labels"], [str(c) for c in saved["classes"]]
             probs.append(saved["probs"].astype(np.float64))
     return labels, classes, probs
+
+
+def _same_test_shards(cells: list[dict]) -> bool:
+    """Whether the cells' test shards are the same (``test_shards_sha256`` in metrics.json, where recorded:
+    equal label vectors alone do not tell two test folders apart)."""
+    digests = set()
+    for cell in cells:
+        path = cell["folder"] / "metrics.json"
+        digest = json.loads(path.read_text()).get("test_shards_sha256") if path.exists() else None
+        if digest is not None:
+            digests.add(digest)
+    return len(digests) <= 1
 
 
 def _largest_cells(rows: list[dict]) -> dict:

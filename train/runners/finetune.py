@@ -366,6 +366,7 @@ def final_evaluation(state: FinetuneState, run: Run) -> dict:
                     "best_val_loss": state.best_val_loss, "steps_run": state.step,
                     "n_validations": len(state.validated), "best_at_edge": edge,
                     "train_seconds": round(state.train_seconds, 1), "n_test": int(len(labels)),
+                    "test_shards_sha256": data.fingerprints["test"]["shards_sha256"],
                     "val": metrics_with_intervals(val_labels, val_probs, classes, config.bootstrap_resamples)})
     metrics.update(data.kept)
     metrics = json_safe(metrics)

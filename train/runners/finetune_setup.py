@@ -106,8 +106,8 @@ def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet,
 
     Raises:
         JJepaError: the folders name different classes, fewer than two classes have training jets,
-            validation/test jets belong to a class with no training jets, or a kept class has no
-            validation or test jets.
+            validation/test jets belong to a class with no training jets, a kept class has no
+            validation or test jets, or a set holds unlabelled jets (−1).
     """
     names = tuple(train.manifest.classes)
     for other in (val, test):
@@ -115,21 +115,28 @@ def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet,
             raise JJepaError(f"{other.folder}: classes {list(other.manifest.classes)} differ from the training "
                              f"shards' {list(names)}")
     cut = f" with at least {min_subjets} real subjets" if min_subjets > 0 else ""
-    counts = class_counts(train, len(names))
-    present = np.flatnonzero(counts > 0)
+    sets = {"training": train, "validation": val, "test": test}
+    counts = {}
+    for role, shards in sets.items():
+        counts[role], unlabelled = class_counts(shards, len(names))
+        if unlabelled:
+            raise JJepaError(f"{shards.folder}: {unlabelled} {role} jet(s){cut} without a label (−1); finetuning "
+                             "trains and scores labelled jets only: use labelled shards (unlabelled ones are for "
+                             "pretraining)")
+    present = np.flatnonzero(counts["training"] > 0)
     if len(present) < 2:
         raise JJepaError(f"{train.folder}: {len(present)} class(es) have training jets{cut}; tagging needs at least 2"
                          f"{' (lower min_subjets)' if cut else ''}")
-    for other, role in ((val, "validation"), (test, "test")):
-        other_counts = class_counts(other, len(names))
-        stray = [names[i] for i in np.flatnonzero((other_counts > 0) & (counts == 0))]
+    for role in ("validation", "test"):
+        stray = [names[i] for i in np.flatnonzero((counts[role] > 0) & (counts["training"] == 0))]
         if stray:
-            raise JJepaError(f"{other.folder}: holds jets of {stray}, which the training shards never show{cut}")
-        absent = [names[i] for i in present if other_counts[i] == 0]
+            raise JJepaError(f"{sets[role].folder}: holds jets of {stray}, which the training shards never "
+                             f"show{cut}")
+        absent = [names[i] for i in present if counts[role][i] == 0]
         if absent:
-            raise JJepaError(f"{other.folder}: no {role} jets{cut} of {absent}; every class the tagger learns needs "
-                             f"{role} jets (for early stopping and the ROC): use {role} shards with all the training "
-                             "classes")
+            raise JJepaError(f"{sets[role].folder}: no {role} jets{cut} of {absent}; every class the tagger learns "
+                             f"needs {role} jets (for early stopping and the ROC): use {role} shards with all the "
+                             "training classes")
     mapping = np.full(len(names), -1, dtype=np.int64)
     mapping[present] = np.arange(len(present))
     if len(present) < len(names):
@@ -138,13 +145,14 @@ def tagging_classes(train: ShardSet, val: ShardSet, test: ShardSet,
     return tuple(names[i] for i in present), mapping
 
 
-def class_counts(shards: ShardSet, n_classes: int) -> np.ndarray:
-    """Jets per class among the selected jets of ``shards``, (n_classes,) int64, read from their labels.
+def class_counts(shards: ShardSet, n_classes: int) -> tuple[np.ndarray, int]:
+    """Jets per class among the selected jets of ``shards``, (n_classes,) int64, read from their labels,
+    and the number of jets without a label (−1).
 
     Raises:
         ShardError: a label outside −1 (unlabelled) … n_classes − 1, naming the shard and the jet.
     """
-    counts = np.zeros(n_classes, dtype=np.int64)
+    counts, n_unlabelled = np.zeros(n_classes, dtype=np.int64), 0
     for k, labels in enumerate(shards.labels()):
         bad = np.flatnonzero((labels < -1) | (labels >= n_classes))
         if len(bad):
@@ -153,7 +161,8 @@ def class_counts(shards: ShardSet, n_classes: int) -> np.ndarray:
                              f"{int(labels[bad[0]])}, outside the {n_classes} classes of its manifest; the shard is "
                              "damaged: rebuild it (`jjepa-preprocess cluster ... --resume`)")
         counts += np.bincount(labels[labels >= 0], minlength=n_classes)
-    return counts
+        n_unlabelled += int((labels == -1).sum())
+    return counts, n_unlabelled
 
 
 def tagger_optimizer(model: JetClassifier | PartTagger, config: FinetuneConfig) -> torch.optim.AdamW:

@@ -17,12 +17,15 @@ from torch import nn
 
 
 def to_device(batch, transform: InputTransform, device: torch.device, label_map: torch.Tensor | None = None):
-    """(inputs, labels) of a raw batch, on ``device``; ``label_map`` turns shard labels into tagger labels.
+    """(inputs, labels) of a raw batch, on ``device``; ``label_map`` turns shard labels into tagger labels
+    (an unlabelled jet, −1, stays −1: never the last class by negative indexing).
 
     ``transform`` is the subjet encoder's ``InputTransform``, or ``PartFeatures`` in ``part`` mode.
     """
     batch = batch.to(device)
-    labels = batch["labels"] if label_map is None else label_map[batch["labels"]]
+    labels = batch["labels"]
+    if label_map is not None:
+        labels = torch.where(labels >= 0, label_map[labels.clamp_min(0)], -1)
     if isinstance(transform, PartFeatures):
         return transform.from_batch(batch), labels
     return batch_inputs(batch, transform, device), labels

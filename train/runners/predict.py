@@ -87,6 +87,8 @@ class Tagger:
         part_config: ParT's size in mode ``part``, else None.
         precision: the autocast precision it was finetuned with; ``predict`` scores with the same, so on
             the same kind of device the scores equal finetuning's test predictions.
+        min_subjets: the cut on real subjets of its training, validation and test jets (0: none); ``predict``
+            scores every jet and records it, so ``jet_nsubjets >= min_subjets`` selects the jets it was tested on.
     """
 
     model: JetClassifier | PartTagger
@@ -100,6 +102,7 @@ class Tagger:
     n_particles: int
     part_config: PartConfig | None = None
     precision: str = "auto"
+    min_subjets: int = 0
 
     def inputs(self, batch) -> dict[str, torch.Tensor] | PartInputs:
         """The network inputs of a raw ``JetBatch`` on the model's device (it holds ``jets`` for ParT)."""
@@ -122,7 +125,8 @@ def load_tagger(checkpoint: str | os.PathLike) -> Tagger:
     classes = tuple(str(c) for c in state["classes"])
     cluster = state.get("cluster")
     if mode == PART_MODE:
-        return replace(_part_tagger(checkpoint, state, classes), precision=config.get("precision", "auto"))
+        return replace(_part_tagger(checkpoint, state, classes), precision=config.get("precision", "auto"),
+                       min_subjets=int(config.get("min_subjets", 0)))
     if mode not in CLASSIFIER_MODES:
         raise JJepaError(f"{checkpoint}: a tagger of mode {mode!r}; predict and export handle "
                          f"{[*CLASSIFIER_MODES, PART_MODE]}")
@@ -132,7 +136,7 @@ def load_tagger(checkpoint: str | os.PathLike) -> Tagger:
     return Tagger(model=model, transform=InputTransform(**config["transform"]), classes=classes,
                   model_config=model_config, cluster=cluster, checkpoint=str(checkpoint), mode=mode,
                   n_subjets=model_config.n_subjets, n_particles=model_config.n_particles,
-                  precision=config.get("precision", "auto"))
+                  precision=config.get("precision", "auto"), min_subjets=int(config.get("min_subjets", 0)))
 
 
 def _part_tagger(checkpoint: str | os.PathLike, state: dict, classes: tuple[str, ...]) -> Tagger:
@@ -363,8 +367,10 @@ def predict(checkpoint: str | os.PathLike, data: str | os.PathLike, out: str | o
     n_jets = shards.n_jets
     metadata = {"classes": list(tagger.classes), "score_columns": names, "columns": list(columns),
                 "shards": [r.file for r in shards.manifest.shards], "source": str(data),
-                "checkpoint": str(checkpoint), "jjepa_version": jjepa_version()}
+                "checkpoint": str(checkpoint), "tagger_min_subjets": tagger.min_subjets,
+                "jjepa_version": jjepa_version()}
     out = Path(out)
+    shards.refuse_as_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     at = 0
     with atomic_path(out) as tmp:
