@@ -201,6 +201,7 @@ def test_killed_process_leaves_only_complete_shards(tmp_path):
         time.sleep(0.005)
     process.wait()
     listed = {s.file: s.sha256 for s in read_manifest(out).shards}
+    assert process.returncode == -signal.SIGKILL and 2 <= len(listed) < 30, "killed in the middle of the run"
     for shard in out.glob("shard-*.h5"):  # also shards renamed just before the manifest was rewritten
         assert validate_shard(shard, deep=True) == []
         if shard.name in listed:

@@ -239,7 +239,8 @@ def test_unsafe_tar_member_is_refused(server, tmp_path, member):
     dest = tmp_path / "dest"
     with pytest.raises(JJepaError, match="unsafe member"):
         fetch_dataset(spec, spec.files, {"part0.tar": md5(tar)}, options(dest))
-    assert not (tmp_path / "evil").exists() and not marker_path(dest, "part0.tar").exists()
+    assert not list(tmp_path.rglob("evil")) and not marker_path(dest, "part0.tar").exists()
+    assert not (dest / "Pythia").exists(), "nothing of a refused archive is unpacked"
 
 
 def test_tar_link_member_is_refused(tmp_path):

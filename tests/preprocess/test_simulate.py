@@ -43,12 +43,24 @@ def test_same_seed_same_jets_whatever_the_workers():
 
 @pytest.mark.parametrize(("fmt", "suffix", "label"), [("jetclass", ".root", 8), ("toptagging", ".h5", 1)])
 def test_simulate_to_file_reads_back(tmp_path, fmt, suffix, label):
+    config = SimConfig(process="top", n_jets=6, seed=3, chunk_size=6)
     out = tmp_path / f"top{suffix}"
-    simulate_to_file(SimConfig(process="top", n_jets=6, seed=3, chunk_size=6), out, fmt, progress=False)
+    simulate_to_file(config, out, fmt, progress=False)
     back = read_chunk(fmt, str(out), 0, 6, None)
     assert back.n_jets == 6 and np.all(back.labels == label)
     pt, _, _ = jet_sums(back)
     assert np.all((pt > 549) & (pt < 651))
+    # The file holds exactly the simulated constituents (as float32; a format may reorder them in a jet).
+    made = simulate_jets(config, workers=1, progress=False)
+    np.testing.assert_array_equal(back.offsets, made.offsets)
+    np.testing.assert_array_equal(in_jet_pt_order(back), in_jet_pt_order(made))
+
+
+def in_jet_pt_order(chunk) -> np.ndarray:
+    """(4, P) float32 px, py, pz, E of a chunk's constituents, ordered by pT within each jet."""
+    p4 = np.stack([np.asarray(getattr(chunk, k)).astype(np.float32) for k in ("px", "py", "pz", "energy")])
+    jet = np.repeat(np.arange(chunk.n_jets), np.diff(chunk.offsets))
+    return p4[:, np.lexsort((np.hypot(p4[0], p4[1]), jet))]
 
 
 def test_bad_config_is_refused():

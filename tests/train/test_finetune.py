@@ -20,10 +20,12 @@ from jjepa.train.config import ConfigError, config_from_dict, resolve_finetune_c
 from jjepa.train.data.loader import ShardSet
 from jjepa.train.data.subsets import stratified_subset
 from jjepa.train.mechanics.checkpoint import load_checkpoint, save_checkpoint
+from jjepa.train.model.classifier import JetClassifier
 from jjepa.train.model.subjet_transformer import SubjetTransformer, jet_representation
 from jjepa.train.runners import scan as scan_module
 from jjepa.train.runners.finetune import finetune
 from jjepa.train.runners.scan import scan
+from sklearn.metrics import roc_auc_score
 
 
 def config_for(splits, out, checkpoint=None, **kw):
@@ -48,6 +50,12 @@ def test_stratified_subset_is_seeded_and_keeps_class_shares():
     by_count = stratified_subset(labels, seed=0, n_labels=151)
     assert np.bincount(np.concatenate([lab[idx] for lab, idx in zip(labels, by_count, strict=True)])).tolist() == \
         [70, 80, 1]
+
+
+def test_a_label_fraction_rounds_each_class_half_up():
+    labels = [np.repeat([0, 1], [7, 5])]
+    chosen = stratified_subset(labels, seed=2, fraction=0.5)
+    assert np.bincount(labels[0][chosen[0]]).tolist() == [4, 3]  # 3.5 → 4, 2.5 → 3
 
 
 @pytest.mark.parametrize(("counts", "n_labels", "per_class"), [
@@ -120,8 +128,18 @@ def test_scratch_loads_nothing(simulated_splits, pretrained, tmp_path, monkeypat
         raise AssertionError("scratch mode loaded weights")
 
     monkeypatch.setattr(finetune_setup, "load_encoder", refuse)
-    metrics = finetune(config_for(simulated_splits, tmp_path / "scratch", pretrained, mode="scratch"), progress=False)
+    config = config_for(simulated_splits, tmp_path / "scratch", pretrained, mode="scratch")
+    metrics = finetune(config, progress=False)
     assert metrics["mode"] == "scratch"
+    # Its initial encoder is a fresh seeded one, nothing of the checkpoint's.
+    state = load_checkpoint(pretrained)
+    model_config = config_from_dict(state["config"]).model
+    built = finetune_setup.build_classifier(config, model_config, 2, state).state_dict()
+    torch.manual_seed(config.seed)
+    fresh = JetClassifier(model_config, 2, config.aggregation).state_dict()
+    assert all(torch.equal(built[k], fresh[k]) for k in fresh)
+    assert not any(torch.equal(built[f"encoder.{k}"], v) for k, v in state["target_encoder"].items()
+                   if v.dtype.is_floating_point and v.std() > 0)
     stored = load_checkpoint(tmp_path / "scratch" / "checkpoints" / "best.pt")["config"]["model"]
     assert stored == load_checkpoint(pretrained)["config"]["model"]
     with_preset = finetune(config_for(simulated_splits, tmp_path / "preset", mode="scratch", preset="tiny",
@@ -254,7 +272,9 @@ def test_classes_without_training_jets_are_dropped(tmp_path):
     splits = {name: write_jetclass_like(tmp_path / name, n, seed)
               for name, n, seed in (("train", 200, 0), ("val", 50, 10), ("test", 50, 20))}
     metrics = finetune(config_for(splits, tmp_path / "ft", mode="scratch", preset="tiny"), progress=False)
-    assert metrics["n_test"] == 100 and 0.0 <= metrics["auc"] <= 1.0 and "rej_at_50" in metrics
+    saved = np.load(tmp_path / "ft" / "test_predictions.npz")
+    assert metrics["n_test"] == 100 and saved["probs"].shape == (100, 2)
+    assert metrics["auc"] == pytest.approx(roc_auc_score(saved["labels"], saved["probs"][:, 1]), abs=1e-12)
     stored = load_checkpoint(tmp_path / "ft" / "checkpoints" / "best.pt")
     assert stored["classes"] == ["QCD", "Tbqq"]
     assert stored["classifier"]["head.linear.weight"].shape[0] == 2

@@ -20,6 +20,7 @@ from jjepa.train.runners import finetune as finetune_module
 from jjepa.train.runners.finetune import finetune
 from jjepa.train.runners.inference import rank_view, reading_order
 from jjepa.train.runners.pretrain import pretrain
+from sklearn.metrics import roc_auc_score
 
 #: 640 labelled jets in batches of 64: 10 steps per epoch, 20 steps, a validation every 5.
 BASE = {"mode": "scratch", "preset": "tiny", "batch_size": 64, "n_labels": 640, "epochs": 2, "min_steps": 10,
@@ -150,7 +151,9 @@ def test_cli_finetune_stop_after_resume_and_a_finished_run(toy_train, toy_val, t
     done = CliRunner().invoke(cli, [*args, "--resume"])
     assert done.exit_code == 0, done.output
     metrics = json.loads(done.output.strip().splitlines()[-1])
-    assert metrics["steps_run"] == 10 and 0 <= metrics["auc"] <= 1
+    saved = np.load(out / "test_predictions.npz")
+    assert metrics["steps_run"] == 10
+    assert metrics["auc"] == pytest.approx(roc_auc_score(saved["labels"], saved["probs"][:, 1]), abs=1e-12)
     finished = CliRunner().invoke(cli, [*args, "--resume"])  # nothing left to do: the metrics, untouched
     assert finished.exit_code == 0 and json.loads(finished.output.strip().splitlines()[-1]) == metrics
 

@@ -282,7 +282,11 @@ def test_roc_table_keeps_small_curves_whole():
     assert len(thinned["signal_efficiency"]) <= 10 < len(whole["signal_efficiency"])
 
 
-def test_plot_roc_writes_a_png_and_leaves_no_temporary(tmp_path):
+def test_plot_roc_writes_a_png_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from jjepa.train.report import plots
+
+    figures, real_save = [], plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or real_save(fig, path))
     rng = np.random.default_rng(12)
     labels = rng.integers(0, 2, size=2000)
     font_size = matplotlib.rcParams["font.size"]
@@ -295,6 +299,16 @@ def test_plot_roc_writes_a_png_and_leaves_no_temporary(tmp_path):
     assert data[:8] == PNG_SIGNATURE and len(data) > 5000
     assert [p.name for p in tmp_path.iterdir()] == ["roc.png"]
     assert matplotlib.rcParams["font.size"] == font_size  # the style stays scoped
+    # What is drawn: each tagger's ROC as roc_table gives it, its AUC and rejection in the legend, and chance.
+    lines = figures[0].axes[0].get_lines()
+    assert [line.get_label().split(":")[0] for line in lines] == ["finetune", "scratch", "perfect", "random"]
+    for line, (labels_, scores) in zip(lines, curves.values(), strict=False):
+        table = roc_table(labels_, scores)
+        np.testing.assert_array_equal(line.get_xdata(), table["signal_efficiency"])
+        np.testing.assert_array_equal(line.get_ydata(), table["background_rejection"])
+        figures_of = binary_metrics(labels_, scores)
+        assert f"AUC {figures_of['auc']:.4f}" in line.get_label()
+    assert lines[2].get_label() == "perfect: AUC 1.0000, ∞"
 
 
 def test_plot_roc_failure_leaves_nothing(tmp_path):

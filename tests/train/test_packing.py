@@ -80,15 +80,20 @@ def test_packed_loss_and_gradients_equal_the_masked_computation(context_sees_tar
         assert torch.allclose(g, grads[1][name], rtol=1e-4, atol=1e-6), name
 
 
-def test_jepa_forward_builds_the_plans_itself_when_not_given():
+def test_jepa_forward_builds_the_plans_itself_when_not_given(monkeypatch):
+    from jjepa.train.model import jepa as jepa_module
+
+    built_plans = []
+    monkeypatch.setattr(jepa_module, "plan_jepa", lambda *a, **k: built_plans.append(1) or plan_jepa(*a, **k))
     torch.manual_seed(1)
     model = JEPA(replace(PRESETS["tiny"], n_subjets=S, n_particles=N))
     target = make_target_encoder(model.context_encoder)
     inputs = shuffled_batch(seed=3)
     target_mask = sample_targets(inputs.subjet_mask, 0.3, mask_generator(0, 0, 5))
     given = jepa_forward(model, target, inputs, target_mask, False, plans=plan_jepa(inputs.subjet_mask, target_mask))
+    assert not built_plans
     built = jepa_forward(model, target, inputs, target_mask, False)
-    assert torch.equal(given.loss, built.loss)
+    assert torch.equal(given.loss, built.loss) and built_plans == [1]  # packed, not the masked fallback
 
 
 def step_flops(model, target, inputs, target_mask, pack: bool) -> int:

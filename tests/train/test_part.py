@@ -160,7 +160,9 @@ def test_scan_and_evaluate_treat_part_as_one_more_mode(toy_train, toy_val, toy_t
     result = CliRunner().invoke(cli, ["scan", *_args(toy_train, toy_val, toy_test), "--modes", "part",
                                       "--fractions", "0.1", "--seeds", "0", "--out", str(scan_dir)])
     assert result.exit_code == 0, result.output
-    assert (scan_dir / "part-f0.1-s0" / "metrics.json").exists()
+    metrics = json.loads((scan_dir / "part-f0.1-s0" / "metrics.json").read_text())
+    assert metrics["mode"] == "part" and metrics["label_fraction"] == pytest.approx(0.1)
+    assert metrics["n_train_labels"] == 200  # 10 % of each class of the 2,000 toy training jets
     result = CliRunner().invoke(cli, ["evaluate", str(scan_dir), "--out", str(report)])
     assert result.exit_code == 0, result.output
     assert "part" in json.loads((report / "metrics.json").read_text())
@@ -176,7 +178,12 @@ def test_the_classification_layer_gives_fp32_logits_under_bf16_autocast():
     batch = [torch.from_numpy(np.stack([j[1][i] for j in jets])) for i in range(3)]
     inputs = part_inputs(batch[0].float(), batch[1], batch[2].float(), max_particles=8)
     model = PartTagger(PartConfig(embed_dim=16, pair_embed_dim=8, num_heads=2, num_layers=1, num_cls_layers=1), 2)
+    seen = {}
+    model.net.fc.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model.eval()(inputs)
     assert logits.dtype == torch.float32
+    with torch.autocast("cpu", enabled=False):  # the same layers on the same features, in fp32 throughout
+        expected = torch.nn.Sequential.forward(model.net.fc, seen["x"].float())
+    assert torch.equal(logits, expected)
 

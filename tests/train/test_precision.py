@@ -19,6 +19,7 @@ from jjepa.train.data.transform import InputTransform
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.mechanics.distributed import autocast, grad_scaler, resolve_precision
 from jjepa.train.model.classifier import JetClassifier
+from jjepa.train.runners import pretrain as pretrain_module
 from jjepa.train.runners.finetune import finetune
 from jjepa.train.runners.pretrain import pretrain
 
@@ -50,12 +51,28 @@ def pretrain_losses(data, out, precision: str) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
-def test_fp16_pretraining_with_the_scaler_lowers_the_loss_as_fp32_does(toy_train, tmp_path):
+def autocast_spy(monkeypatch, owner, name: str) -> list:
+    """Wrap ``owner.name``; each call appends the CPU autocast dtype in force (None when autocast is off)."""
+    seen, real = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return seen
+
+
+def test_fp16_pretraining_with_the_scaler_lowers_the_loss_as_fp32_does(toy_train, tmp_path, monkeypatch):
+    seen = autocast_spy(monkeypatch, pretrain_module, "jepa_forward")
     fp16 = pretrain_losses(toy_train, tmp_path / "fp16", "fp16")
+    assert seen == [torch.float16] * 60, "every training step runs under fp16 autocast"
+    seen.clear()
     fp32 = pretrain_losses(toy_train, tmp_path / "fp32", "fp32")
+    assert seen == [None] * 60
     assert all(np.isfinite(fp16)) and len(fp16) == 6
     assert fp16[-1] < 0.9 * fp16[0], fp16
-    assert abs(fp16[-1] - fp32[-1]) < 0.05 * fp32[-1], (fp16, fp32)
+    assert fp16 != fp32 and abs(fp16[-1] - fp32[-1]) < 0.05 * fp32[-1], (fp16, fp32)
     saved = load_checkpoint(tmp_path / "fp16" / "checkpoints" / "last.pt")
     assert saved["config"]["precision"] == "fp16"
     assert saved["scaler"]["scale"] > 0  # the scaler ran and its state is kept for --resume
@@ -75,7 +92,8 @@ def test_classifier_logits_are_fp32_under_bf16_autocast():
     assert len(torch.unique(scores)) > 250  # bf16 scores would tie (8 bits of mantissa)
 
 
-def test_fp16_finetuning_trains_and_reports_metrics(toy_train, toy_val, toy_test, tmp_path):
+def test_fp16_finetuning_trains_and_reports_metrics(toy_train, toy_val, toy_test, tmp_path, monkeypatch):
+    seen = autocast_spy(monkeypatch, JetClassifier, "forward")
     config = resolve_finetune_config({"train": str(toy_train), "val": str(toy_val), "test": str(toy_test),
                                       "out": str(tmp_path / "ft"), "mode": "scratch", "preset": "tiny",
                                       "batch_size": 64, "epochs": 1, "min_steps": 30, "eval_every": 15,
@@ -83,3 +101,4 @@ def test_fp16_finetuning_trains_and_reports_metrics(toy_train, toy_val, toy_test
                                       "bootstrap_resamples": 20})
     metrics = finetune(config, progress=False)
     assert metrics["auc"] > 0.8, metrics
+    assert len(seen) > 30 and set(seen) == {torch.float16}, "training and evaluation run under fp16 autocast"

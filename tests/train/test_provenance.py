@@ -199,8 +199,8 @@ def test_the_label_map_keeps_unlabelled_jets_unlabelled():
     from jjepa.train.runners.inference import to_device
 
     labels = torch.tensor([-1, 0, 1, -1])
-    label_map = torch.tensor([0, 1])  # before, label_map[-1] made the unlabelled jets class 1
+    label_map = torch.tensor([1, 0])  # before, label_map[-1] made the unlabelled jets class 0
     batch = JetBatch({"particles": torch.zeros(4, 2, 3, 4), "particle_mask": torch.zeros(4, 2, 3, dtype=torch.bool),
                       "subjets": torch.zeros(4, 2, 4), "subjet_mask": torch.zeros(4, 2, dtype=torch.bool),
                       "labels": labels}, Cursor())
-    assert to_device(batch, InputTransform(), torch.device("cpu"), label_map)[1].tolist() == [-1, 0, 1, -1]
+    assert to_device(batch, InputTransform(), torch.device("cpu"), label_map)[1].tolist() == [-1, 1, 0, -1]
