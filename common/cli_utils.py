@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 import click
 from jjepa.common.errors import JJepaError
@@ -18,6 +19,14 @@ def setup_logging(verbose: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def progress_option(help: str = "Progress bars [default: when stderr is a terminal, not in batch logs]."):
+    """``--progress/--no-progress``: by default on a terminal only, so a batch job's log gets no bar frames."""
+    def resolve(ctx, param, value):
+        return sys.stderr.isatty() if value is None else value
+
+    return click.option("--progress/--no-progress", default=None, callback=resolve, help=help)
+
+
 def parse_pairs(items: Iterable[str]) -> dict[str, str]:
     """``--set KEY=VALUE`` items as a dict of strings (the typed config converts them)."""
     out = {}
@@ -29,12 +38,13 @@ def parse_pairs(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def reports_errors(func=None, *, interrupted: str = "interrupted"):
+def reports_errors(func=None, *, interrupted: str | Callable[..., str] = "interrupted"):
     """Turn errors a user can act on into a one-line message and exit status 1 instead of a traceback.
 
     ``JJepaError`` keeps its message; an ``OSError`` (a folder that is a file, a full disk, no
     permission) names its path; Ctrl-C prints ``interrupted``, the command's word on what was kept
-    and how to go on. Use as ``@reports_errors`` or ``@reports_errors(interrupted="...")``.
+    and how to go on (or what ``interrupted(**the command's options)`` returns, when what was kept
+    depends on how far the command got). Use as ``@reports_errors`` or ``@reports_errors(interrupted=...)``.
     """
     if func is None:
         return functools.partial(reports_errors, interrupted=interrupted)
@@ -48,6 +58,6 @@ def reports_errors(func=None, *, interrupted: str = "interrupted"):
         except OSError as err:
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
-            raise click.ClickException(interrupted) from None
+            raise click.ClickException(interrupted(**kwargs) if callable(interrupted) else interrupted) from None
 
     return wrapper

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import click
-from jjepa.common.cli_utils import reports_errors, setup_logging
+from jjepa.common.cli_utils import progress_option, reports_errors, setup_logging
 from jjepa.common.errors import JJepaError
 from jjepa.common.schema import ALGORITHMS, PARTICLE_DTYPES, ClusterConfig
 from jjepa.preprocess.datasets import DEMO_DATASETS, PUBLIC_DATASETS, SPLITS
@@ -20,7 +20,10 @@ from jjepa.preprocess.validate import ON_BAD_JET
 
 
 def _default_workers(workers: int | None) -> int:
-    return (os.cpu_count() or 1) if workers is None else workers
+    """``workers``, or the cores this process may run on (a batch job's allocation, not the whole node)."""
+    if workers is not None:
+        return workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 #: Inputs ``cluster --dataset`` knows how to find: the demo, and what ``fetch`` downloads.
@@ -103,7 +106,7 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
               help="Storage of the constituent features: float16 halves the particles (~55% of the disk in all); "
                    "the trainer reads both.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Local Dask worker processes [default: number of cores]; 0 runs in this process without Dask.")
+              help="Local Dask worker processes [default: the cores this job may use]; 0 runs in this process without Dask.")
 @click.option("--scheduler", default=None, help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run: redo only missing or damaged shards.")
 @click.option("--force", is_flag=True, help="Delete shards already in --out and start over.")
@@ -123,7 +126,7 @@ def _cluster_inputs(inputs, dataset, root, split, processes, max_files) -> tuple
               help="generic HDF5: 1-D dataset of constituents per jet, when the constituent datasets are flat.")
 @click.option("--branches", type=click.Path(dir_okay=False, exists=True), default=None,
               help="generic: YAML file with the keys tree, px, py, pz, pt, eta, phi, energy, label, classes, counts.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option()
 @reports_errors(interrupted="interrupted; complete shards are kept, rerun with --resume to finish")
 def cluster(inputs, out, dataset, root, split, processes, max_files, fmt, algorithm, radius, n_subjets, n_particles,
             chunk_size, backend, on_bad_jet, particle_dtype, workers, scheduler, resume, force, max_jets, tree, px,
@@ -190,11 +193,11 @@ def _simulator():
 def _simulation_options(command):
     """The options ``demo`` and ``simulate`` share: processes, the jet selection, the progress bar."""
     for option in reversed((
-        click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: number of cores]."),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: the cores this job may use]."),
         click.option("--pt-min", type=float, default=_SIM.pt_min, help="Jet pT window lower edge [GeV]."),
         click.option("--pt-max", type=float, default=_SIM.pt_max, help="Jet pT window upper edge [GeV]."),
         click.option("--abs-eta-max", type=float, default=_SIM.abs_eta_max, help="Jet |η| cut."),
-        click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+        progress_option(),
     )):
         command = option(command)
     return command
@@ -297,7 +300,7 @@ def simulate(process, n_jets, fmt, out, seed, workers, pt_min, pt_max, abs_eta_m
 @click.option("--dry-run", is_flag=True, help="List the files (state in --dest, md5, URL); download nothing.")
 @click.option("--keep-archives/--delete-archives", default=True,
               help="jetclass: keep the tars after unpacking them.")
-@click.option("--progress/--no-progress", default=True, help="Show a byte progress bar per file.")
+@progress_option("A byte progress bar per file [default: when stderr is a terminal].")
 @reports_errors(interrupted="interrupted; rerun the same command to resume (partial downloads end in .part)")
 def fetch(dataset, dest, base_url, record_api, checksums, splits, parts, n_files, verify, force, dry_run,
           keep_archives, progress):

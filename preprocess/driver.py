@@ -233,6 +233,8 @@ def _start_manifest(run: ClusterRun, tasks: list[ShardTask], classes) -> tuple[M
 def _dask_client(run: ClusterRun):
     from distributed import Client, LocalCluster
 
+    # Importing distributed sets its loggers to INFO (~30 lines of scheduler chatter per run); warnings stay.
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
     if run.scheduler:
         with Client(run.scheduler) as client:
             yield client

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 import yaml
-from jjepa.common.cli_utils import parse_pairs, reports_errors, setup_logging
+from jjepa.common.cli_utils import parse_pairs, progress_option, reports_errors, setup_logging
 from jjepa.common.errors import JJepaError
 from jjepa.train.config import (
     AGGREGATIONS,
@@ -37,6 +37,30 @@ def main(verbose: int) -> None:
     setup_logging(verbose)
 
 
+class ShardFolder(click.Path):
+    """An existing shard folder (the ``--out`` of ``jjepa-preprocess cluster``); a raw input file given
+    instead gets the command that makes shards of it."""
+
+    def __init__(self):
+        super().__init__(file_okay=False, exists=True)
+
+    def convert(self, value, param, ctx):
+        if Path(value).is_file():
+            self.fail(f"{value} is a file, but this takes a folder of subjet shards; make them first with "
+                      f"`jjepa-preprocess cluster {value} --out shards/NAME`", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+SHARD_FOLDER = ShardFolder()
+
+
+def _interrupted_run(out=None, **_) -> str:
+    """What Ctrl-C (or SIGTERM) left of a pretraining or finetuning run, and how to go on."""
+    if out is not None and (Path(out) / "checkpoints" / "last.pt").exists():
+        return "interrupted; the checkpoint is saved, continue with the same command and --resume"
+    return "interrupted before the first checkpoint: nothing to resume, rerun the same command"
+
+
 def _yaml_section(path: str | None, section: str) -> dict:
     if path is None:
         return {}
@@ -46,7 +70,10 @@ def _yaml_section(path: str | None, section: str) -> dict:
         raise JJepaError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(loaded, dict):
         raise JJepaError(f"{path}: expected a YAML mapping")
-    value = loaded.get(section, {}) or {}
+    if section not in loaded:
+        raise JJepaError(f"{path}: no {section!r} section (top-level keys: {sorted(loaded)}); a --config file holds "
+                         f"this command's settings under '{section}:', as params.yaml does")
+    value = loaded.get(section) or {}
     if not isinstance(value, dict):
         raise JJepaError(f"{path}: the {section!r} section must be a mapping")
     return value
@@ -79,8 +106,8 @@ _P = PretrainConfig
 
 
 @main.command()
-@field_option(_P, "data", help="Shard folder to pretrain on.", type=click.Path(file_okay=False, exists=True))
-@field_option(_P, "val", help="Shard folder for the validation loss.", type=click.Path(file_okay=False, exists=True))
+@field_option(_P, "data", help="Shard folder to pretrain on.", type=SHARD_FOLDER)
+@field_option(_P, "val", help="Shard folder for the validation loss.", type=SHARD_FOLDER)
 @field_option(_P, "out", "--out", "-o", help="Run folder (checkpoints, log, config).", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="YAML file whose 'pretrain:' section sets defaults (e.g. params.yaml, configs/paper.yaml).")
@@ -108,8 +135,8 @@ _P = PretrainConfig
               help="Check each shard's sha256 against its manifest before training (files already verified and "
                    "unchanged are not hashed again).")
 @click.option("--io-only", is_flag=True, help="Run the input pipeline alone and print its jets/s.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-@reports_errors(interrupted="interrupted; the checkpoint is saved, continue with --resume")
+@progress_option()
+@reports_errors(interrupted=_interrupted_run)
 def pretrain(config_file, overrides, resume, io_only, progress, **fields) -> None:
     """Pretrain J-JEPA: context encoder + predictor by gradient, target encoder by EMA.
 
@@ -146,10 +173,10 @@ def _finetune_options(func):
     """Options shared by ``finetune`` and ``scan``; each sets the FinetuneConfig field of its name."""
     options = [
         field_option(_F, "train", help="Labelled training shards (reduced to the label fraction).",
-                     type=click.Path(file_okay=False, exists=True)),
+                     type=SHARD_FOLDER),
         field_option(_F, "val", help="Validation shards (early stopping, the val block of metrics.json).",
-                     type=click.Path(file_okay=False, exists=True)),
-        field_option(_F, "test", help="Test shards (reported metrics).", type=click.Path(file_okay=False, exists=True)),
+                     type=SHARD_FOLDER),
+        field_option(_F, "test", help="Test shards (reported metrics).", type=SHARD_FOLDER),
         field_option(_F, "checkpoint", help="Pretraining checkpoint (runs/…/checkpoints/last.pt).",
                      type=click.Path(dir_okay=False, exists=True)),
         click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
@@ -159,7 +186,8 @@ def _finetune_options(func):
         field_option(_F, "aggregation", help="Subjets → jet: flatten (paper) or cls_attn.",
                      type=click.Choice(AGGREGATIONS)),
         field_option(_F, "encoder", help="Pretrained encoder to start from.", type=click.Choice(ENCODERS)),
-        field_option(_F, "epochs", help="Passes over the labelled jets.", type=float),
+        field_option(_F, "epochs", help="Passes over the labelled jets; at least min_steps steps are taken (few labels).",
+                     type=float),
         field_option(_F, "batch_size", help="Jets per step.", type=int),
         field_option(_F, "lr", help="Peak learning rate of the head.", type=float),
         field_option(_F, "encoder_lr_scale", help="Encoder learning rate relative to the head's (finetune mode).",
@@ -170,7 +198,7 @@ def _finetune_options(func):
                           "auto: bf16 on CUDA, fp32 on the CPU."),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                      help="Any finetune config field, e.g. --set patience=3 (repeatable)."),
-        click.option("--progress/--no-progress", default=True, help="Show a progress bar."),
+        progress_option(),
         field_option(_F, "verify_shards", "--verify-shards/--no-verify-shards",
                      help="Check each shard's sha256 against its manifest before training (files already verified "
                           "and unchanged are not hashed again)."),
@@ -197,7 +225,7 @@ def _finetune_layers(config_file, overrides, **cli) -> list[dict]:
 @field_option(_F, "stop_after", help="Stop (with checkpoints/last.pt) after this step; continue with --resume.",
               type=int)
 @click.option("--resume", is_flag=True, help="Continue the unfinished run of OUT/checkpoints/last.pt exactly.")
-@reports_errors(interrupted="interrupted; the checkpoint is saved, continue with --resume")
+@reports_errors(interrupted=_interrupted_run)
 def finetune(config_file, overrides, progress, out, resume, **cli) -> None:
     """Finetune a tagger on the pretrained encoder; report test-set metrics of the best-validation model.
 
@@ -215,11 +243,12 @@ def finetune(config_file, overrides, progress, out, resume, **cli) -> None:
         click.echo(json.dumps(metrics))
 
 
-def _list(value: str, kind):
+def _list(value: str, kind, option: str | None = None):
     try:
         return [kind(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}, not {value!r}") from None
+        raise click.BadParameter(f"expected a comma-separated list of {kind.__name__}, not {value!r}",
+                                 param_hint=option) from None
 
 
 @main.command()
@@ -250,19 +279,20 @@ def scan(config_file, overrides, progress, out, fractions, modes, seeds, **cli) 
     # a preset or checkpoint for scratch; part needs neither.
     base_mode = next((m for m in ("finetune", "freeze", "scratch") if m in mode_list), "part")
     config = resolve_finetune_config(*_finetune_layers(config_file, overrides, out=out, mode=base_mode, **cli))
-    rows = run_scan(config, _list(fractions, float), mode_list, _list(seeds, int), out, progress=progress)
+    rows = run_scan(config, _list(fractions, float, "--fractions"), mode_list, _list(seeds, int, "--seeds"), out,
+                    progress=progress)
     click.echo(f"{len(rows)} cells; summary in {Path(out) / 'summary.md'}")
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True), help="Shard folder to embed.")
+@click.option("--data", required=True, type=SHARD_FOLDER, help="Shard folder to embed.")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
               help="Pretraining checkpoint.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write.")
 @click.option("--encoder", type=click.Choice(ENCODERS), default="target", help="Which pretrained encoder.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, help="Jets per forward pass.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option()
 @reports_errors
 def embed(data, checkpoint, out, encoder, batch_size, device, progress) -> None:
     """Write jet-level representations (J, D) and labels of every jet of --data to an HDF5 file."""
@@ -275,13 +305,13 @@ def embed(data, checkpoint, out, encoder, batch_size, device, progress) -> None:
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, exists=True),
               help="Finetuned tagger: runs/<finetune>/checkpoints/best.pt.")
-@click.option("--data", required=True, type=click.Path(file_okay=False, exists=True),
+@click.option("--data", required=True, type=SHARD_FOLDER,
               help="Shard folder to score (same S, N and clustering as the tagger's training shards).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="Output file; the suffix picks the format: .h5, .parquet or .root (TTree 'jets').")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, help="Jets per forward pass.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", help="auto: CUDA when present.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@progress_option()
 @reports_errors
 def predict(checkpoint, data, out, batch_size, device, progress) -> None:
     """Score every jet of --data with a finetuned tagger: one row per jet with score_<class>, label (-1 unknown),
@@ -301,7 +331,7 @@ def predict(checkpoint, data, out, batch_size, device, progress) -> None:
               help="Finetuned tagger: runs/<finetune>/checkpoints/best.pt.")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
               help="ONNX file to write (*.onnx); the description goes beside it as *.json.")
-@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
+@click.option("--data", type=SHARD_FOLDER, default=None,
               help="Shard folder whose first jets check ONNX Runtime against PyTorch [default: synthetic jets].")
 @click.option("--check-jets", type=click.IntRange(min=1), default=256, help="Jets in the check batch.")
 @reports_errors

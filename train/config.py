@@ -13,6 +13,7 @@ mapping in YAML (``model: {depth: 4}``). The ``model`` section starts from ``pre
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -325,12 +326,25 @@ def _nest(overrides: dict) -> dict:
     return nested
 
 
+def _suggestion(unknown: list[str], valid: list[str]) -> str:
+    """`` (did you mean 'model.depth'?)`` for the first unknown key close to a valid one (a typo, or a section
+    key given without its section), else ``""``."""
+    by_name = {v.rsplit(".", 1)[-1]: v for v in valid}
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1) or [by_name[m] for m in difflib.get_close_matches(
+            key.rsplit(".", 1)[-1], list(by_name), n=1)]
+        if close:
+            return f" (did you mean {close[0]!r}?)"
+    return ""
+
+
 def _build(cls, base, values: dict, where: str):
     """``base`` (an instance of the dataclass ``cls``) with ``values`` set, checked and converted."""
     valid = [f.name for f in fields(cls)]
     unknown = sorted(where + k for k in set(values) - set(valid))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; valid keys in {where.rstrip('.')}: {valid}")
+        raise ConfigError(f"unknown key(s) {unknown}{_suggestion(unknown, [where + v for v in valid])}; valid keys in "
+                          f"{where.rstrip('.')}: {valid}")
     try:
         return replace(base, **{k: _coerce(v, _type_of(cls, k), where + k) for k, v in values.items()})
     except TypeError as err:
@@ -380,7 +394,10 @@ def _resolve(cls, layers: tuple[dict, ...]):
     top_fields = [f.name for f in fields(cls)]
     unknown = sorted(set(merged) - set(top_fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; valid keys: {top_fields}")
+        nested = [f"{name}.{f.name}" for name, section in (("model", ModelConfig), ("transform", InputTransform),
+                                                            ("part", PartConfig)) for f in fields(section)]
+        raise ConfigError(f"unknown key(s) {unknown}{_suggestion(unknown, top_fields + nested)}; valid keys: "
+                          f"{top_fields}")
     try:
         sections = {"transform": _build(InputTransform, InputTransform(), transform, "transform.")}
         if any(f.name == "part" for f in fields(cls)):

@@ -340,6 +340,25 @@ def test_device_cuda_without_cuda_is_a_one_line_error(toy_train, tmp_path):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_a_raw_input_file_given_for_shards_gets_the_command_that_makes_them(tmp_path):
+    raw = tmp_path / "top.root"
+    raw.write_bytes(b"root")
+    result = invoke(["pretrain", "--data", raw, "--out", tmp_path / "run", *PRETRAIN])
+    assert result.exit_code == 2
+    assert "is a file, but this takes a folder of subjet shards" in result.output
+    assert f"jjepa-preprocess cluster {raw} --out" in " ".join(result.output.split())
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(toy_train, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "build_state", interrupted)
+    result = invoke(["pretrain", "--data", toy_train, "--out", tmp_path / "run", *PRETRAIN])
+    assert result.exit_code == 1
+    assert "interrupted before the first checkpoint: nothing to resume, rerun the same command" in result.output
+
+
 def test_sigterm_saves_a_checkpoint_like_ctrl_c_and_the_run_resumes(toy_train, tmp_path, monkeypatch):
     real_forward = pretrain_module.jepa_forward
     calls = {"n": 0}

@@ -75,3 +75,25 @@ def test_config_differences_unset_sections_none_values_and_new_fields():
     older = {k: v for k, v in ours.items() if k != "min_subjets"}
     assert config_differences(older, ours) == {"min_subjets": (None, 0)}
     assert config_differences(older, ours, new_fields_ok=True) == {}
+
+
+@pytest.mark.parametrize(("layer", "suggested"), [
+    ({"preset": "tiny", "steps": 1, "model.dept": 3}, "model.depth"),
+    ({"preset": "tiny", "steps": 1, "depth": 3}, "model.depth"),  # a section key without its section
+    ({"steps": 1, "lrr": 1e-3}, "lr"),
+])
+def test_a_mistyped_key_gets_a_suggestion(layer, suggested):
+    with pytest.raises(ConfigError, match=rf"\(did you mean '{suggested}'\?\)"):
+        resolve_pretrain_config(layer)
+
+
+def test_a_config_file_without_the_commands_section_is_refused(tmp_path):
+    from click.testing import CliRunner
+    from jjepa.train.cli import main as cli
+
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("lr: 0.123\nsteps: 5\n")
+    result = CliRunner().invoke(cli, ["pretrain", "--config", str(flat), "--data", str(tmp_path), "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "flat.yaml: no 'pretrain' section (top-level keys: ['lr', 'steps'])" in result.output

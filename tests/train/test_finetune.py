@@ -317,6 +317,18 @@ def test_a_class_without_test_jets_fails_before_training(tmp_path):
     assert not (tmp_path / "ft" / "metrics.json").exists()
 
 
+def test_scan_refuses_a_grid_it_would_run_wrongly(tmp_path):
+    base = resolve_finetune_config({"train": "t", "val": "v", "test": "x", "out": str(tmp_path / "unused"),
+                                    "mode": "scratch", "preset": "tiny"})
+    with pytest.raises(JJepaError, match=r"--fractions \[100\.0, 1000\.0\] are not label fractions in \(0, 1\]"):
+        scan(base, [100.0, 1000.0, 0.5], ["scratch"], [0], tmp_path / "scan", progress=False)
+    with pytest.raises(JJepaError, match="--fractions is empty"):
+        scan(base, [], ["scratch"], [0], tmp_path / "scan", progress=False)
+    with pytest.raises(JJepaError, match="drop label_fraction / n_labels"):
+        scan(replace(base, n_labels=50), [0.5], ["scratch"], [0], tmp_path / "scan", progress=False)
+    assert not (tmp_path / "scan").exists()
+
+
 def test_scan_compares_a_scratch_cells_own_architecture(tmp_path):
     """A scratch cell sized by a preset is refused when the architecture asked for differs from its own
     (S and N, bound from the shards when it ran, are not asked for and do not count)."""

@@ -101,3 +101,11 @@ def test_evaluate_refuses_to_mix_cells_it_cannot_average_or_pair(two_mode_scan, 
     metrics_path.write_text(json.dumps({**metrics, "test_shards_sha256": "0" * 64}))
     with pytest.raises(JJepaError, match="were scored on different test jets"):
         evaluate([first, second], tmp_path / "other-test")
+
+
+def test_evaluate_says_what_it_was_given_instead_of_a_scan(two_mode_scan, tmp_path):
+    from jjepa.common.errors import JJepaError
+
+    with pytest.raises(JJepaError, match=r"freeze-f1-s0: no scan\.csv \(a finetuning run\); evaluate compares scan "
+                                         r"folders"):
+        evaluate([two_mode_scan / "freeze-f1-s0"], tmp_path / "report")

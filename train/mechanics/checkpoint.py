@@ -142,9 +142,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a damaged file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise JJepaError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first}); give a "
-                         "jjepa checkpoint (runs/<run>/checkpoints/last.pt or best.pt)") from None
+        raise JJepaError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}); damaged, or not a "
+                         "checkpoint: give a jjepa checkpoint (runs/<run>/checkpoints/last.pt or best.pt)") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise JJepaError(f"{path}: not a jjepa checkpoint of format {CHECKPOINT_FORMAT}")
     if kind is not None:

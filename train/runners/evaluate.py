@@ -60,7 +60,10 @@ def read_scans(folders: list[str | Path]) -> list[dict]:
         seen.add(folder.resolve())
         table = folder / "scan.csv"
         if not table.exists():
-            raise JJepaError(f"{folder}: no scan.csv; run `jjepa-train scan --out {folder} ...` first")
+            what = ("a finetuning run" if (folder / "metrics.json").exists() else
+                    "a shard folder" if (folder / "manifest.json").exists() else "not a finished scan")
+            raise JJepaError(f"{folder}: no scan.csv ({what}); evaluate compares scan folders, the --out of "
+                             "`jjepa-train scan`: run the scan first, or give its folder")
         for row in read_rows(table):
             row["folder"] = folder / cell_name(row["mode"], row["label_fraction"], row["seed"])
             key = (row["mode"], row["label_fraction"], row["seed"])

@@ -311,6 +311,9 @@ def validate(state: FinetuneState, run: Run, bar) -> None:
             "step": step, "epoch": f"{step / run.steps_per_epoch:.3f}", "train_loss": train_loss,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr})
     bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", acc=f"{val_acc:.3f}")
+    if bar.disable and run.dist.is_main:  # no bar (a batch log): one line per validation
+        log.info("step %d/%d: train loss %.4f, val loss %.4f, val accuracy %.3f", step, run.steps, train_loss,
+                 val_loss, val_acc)
     state.running.reset()
     state.validated.append(step)
     if val_loss < state.best_val_loss:

@@ -248,6 +248,9 @@ def _train(state: RunState, run: Run, loader, progress: bool) -> dict:
                     rate = rate_steps * config.batch_size * dist_info.world_size / (time.perf_counter() - interval_start)
                     row = log_interval(state, run, result, rate)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", jets_s=f"{row['jets_per_s']:.0f}")
+                    if bar.disable and dist_info.is_main:  # no bar (a batch log): one line per interval
+                        log.info("step %d/%d: loss %.4g, %.0f jets/s", state.step, run.steps, row["loss"],
+                                 row["jets_per_s"])
                     interval_start, rate_steps = time.perf_counter(), 0
                 if state.step % config.checkpoint_every == 0 and state.step < run.stop:
                     _save(state, run)

@@ -47,6 +47,7 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
         out: the scan folder.
     """
     out = Path(out)
+    check_grid(base, fractions, modes, seeds)
     cells = [(mode, fraction, seed, replace(
         base, mode=mode, seed=seed, out=str(out / cell_name(mode, fraction, seed)),
         label_fraction=None if fraction >= 1 else fraction, n_labels=None,
@@ -74,6 +75,22 @@ def scan(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: 
         tmp.write_text(summary_markdown(summary))
     plot_rejection_vs_labels(summary, out / "rejection_vs_labels.png")
     return rows
+
+
+def check_grid(base: FinetuneConfig, fractions: list[float], modes: list[str], seeds: list[int]) -> None:
+    """Refuse an empty grid, label fractions outside (0, 1] (a label count is not a fraction) and a label
+    subset set on the shared configuration, which the cells' fractions would silently replace."""
+    for name, values in (("--fractions", fractions), ("--modes", modes), ("--seeds", seeds)):
+        if not values:
+            raise JJepaError(f"{name} is empty; give at least one value")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise JJepaError(f"--fractions {bad} are not label fractions in (0, 1]: a scan takes the share of the "
+                         "training jets per cell (e.g. 0.001,0.01,0.1,1); to scan label counts, divide them by the "
+                         "number of training jets")
+    if base.label_fraction is not None or base.n_labels is not None:
+        raise JJepaError("a scan sets the label fraction of each cell from --fractions; drop label_fraction / "
+                         "n_labels from the options, --set and the --config section")
 
 
 def refuse_other_settings(cell: Path, config: FinetuneConfig) -> None:
