@@ -97,6 +97,10 @@ class ClusterRun:
             raise JJepaError(f"particle_dtype must be one of {PARTICLE_DTYPES}, not {self.particle_dtype!r}")
 
 
+#: Reader options only the ``generic`` layout reads (``tree`` names the TTree of any ROOT layout).
+GENERIC_ONLY: tuple[str, ...] = ("px", "py", "pz", "pt", "eta", "phi", "energy", "label", "classes", "counts")
+
+
 def plan_tasks(run: ClusterRun) -> tuple[list[ShardTask], tuple[str, ...]]:
     """Split every input into chunks of ``chunk_size`` jets; check the inputs agree on classes and hold jets."""
     tasks: list[ShardTask] = []
@@ -106,6 +110,10 @@ def plan_tasks(run: ClusterRun) -> tuple[list[ShardTask], tuple[str, ...]]:
         if not Path(path).exists():
             raise InputError(path, "no such file")
         fmt = detect_format(path) if run.fmt == "auto" else run.fmt
+        ignored = [name for name in GENERIC_ONLY if getattr(run.options, name)]
+        if fmt != "generic" and ignored:
+            raise InputError(path, f"is read as {fmt}, which has its own branch names and classes, but "
+                             f"{['--' + n for n in ignored]} were given", hint="drop them, or pass --format generic")
         info = source_info(fmt, path, run.options)
         if classes is None:
             classes = info.classes

@@ -218,3 +218,11 @@ def test_dataset_options_without_dataset_are_refused(tmp_path):
                                        "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "--split, --max-files given without --dataset" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_generic_reader_options_on_another_layout_are_refused(jetclass_file, tmp_path):
+    result = CliRunner().invoke(main, ["cluster", str(jetclass_file), "--classes", "QCD,top", "--out",
+                                       str(tmp_path / "o"), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 1
+    assert "is read as jetclass, which has its own branch names and classes, but ['--classes']" in result.output
+    assert not (tmp_path / "o").exists()
