@@ -215,6 +215,25 @@ def test_streaming_gives_full_batches_across_epochs(indexed, rank, world_size, b
         assert batch.cursor == Cursor(delivered // per_epoch, delivered % per_epoch)
 
 
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_rank_finds_its_own_position_from_the_step(indexed, world_size):
+    """A checkpoint holds rank 0's cursor; ranks whose shares differ by a jet are elsewhere after an epoch."""
+    positions = []
+    for rank in range(world_size):
+        loader = make_loader(indexed, batch_size=24, block_size=5, seed=3, epochs=None, rank=rank,
+                             world_size=world_size)
+        stream = take(loader.batches(), 30)
+        assert [loader.cursor_after(k + 1) for k in range(30)] == [b.cursor for b in stream]
+        assert loader.resumed_cursor(30, stream[0].cursor if rank else stream[-1].cursor) == stream[-1].cursor
+        assert loader.largest_share() == -(-loader.shards.n_jets // world_size)
+        positions.append(stream[-1].cursor)
+    if world_size > 1:
+        assert len(set(positions)) > 1, "unequal shares: the ranks' positions differ"
+        with pytest.raises(ShardError, match=r"data position .* is not where 30 steps of 24 jets"):
+            make_loader(indexed, batch_size=24, block_size=5, seed=3, epochs=None, rank=0,
+                        world_size=world_size).resumed_cursor(30, next(p for p in positions if p != positions[0]))
+
+
 @pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (2, 3)])
 def test_resuming_from_a_cursor_continues_the_stream(indexed, rank, world_size):
     def loader():

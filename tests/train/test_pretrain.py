@@ -70,6 +70,32 @@ def test_resume_gives_the_same_weights_as_a_straight_run(toy_train, toy_val, tmp
     assert [r["val_loss"] for r in rows_a] == [r["val_loss"] for r in rows_b]
 
 
+def test_ctrl_c_in_the_middle_of_a_step_finishes_it_and_resumes_exactly(toy_train, tmp_path, monkeypatch):
+    """Ctrl-C between the optimizer step and the EMA update: before, the checkpoint held step 6's weights
+    labelled step 5, and the resumed run repeated a step."""
+    import signal
+
+    pretrain(config_for(toy_train, tmp_path / "straight"), progress=False)
+    real_update = pretrain_module.ema_update
+    calls = {"n": 0}
+
+    def ctrl_c_inside(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "ema_update", ctrl_c_inside)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config_for(toy_train, tmp_path / "run"), progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6, "the step under way finished"
+    monkeypatch.setattr(pretrain_module, "ema_update", real_update)
+    pretrain(config_for(toy_train, tmp_path / "run"), resume=True, progress=False)
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("straight", "run"))
+    for key in ("model", "target_encoder"):
+        assert all(torch.equal(value, b[key][name]) for name, value in a[key].items()), key
+
+
 def test_interrupt_saves_a_checkpoint_that_resumes(toy_train, tmp_path, monkeypatch):
     real_forward = pretrain_module.jepa_forward
     calls = {"n": 0}

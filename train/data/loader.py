@@ -304,6 +304,35 @@ class ShardLoader:
         total = self.shards.n_jets
         return (self.rank + 1) * total // self.world_size - self.rank * total // self.world_size
 
+    def largest_share(self) -> int:
+        """Jets in the largest rank's share of an epoch, ceil(J / W): the same on every rank, so step counts
+        derived from it agree across ranks."""
+        return -(-self.shards.n_jets // self.world_size)
+
+    def cursor_after(self, steps: int) -> Cursor:
+        """Where this rank's stream stands after ``steps`` batches from the start.
+
+        Batches are always full and run on across epochs, so the position follows from the step alone,
+        on every rank (whose shares may differ by a jet: their positions then differ after an epoch).
+        """
+        delivered = steps * self.batch_size
+        per_epoch = self.jets_per_epoch()
+        return Cursor(epoch=delivered // per_epoch, offset=delivered % per_epoch)
+
+    def resumed_cursor(self, steps: int, saved: Cursor) -> Cursor:
+        """This rank's position in a run resumed at ``steps``; ``saved``, the checkpoint's (rank 0's), must agree.
+
+        Raises:
+            ShardError: on rank 0 the saved position is not where ``steps`` batches lead: the checkpoint
+                was written over other shards or another batch size.
+        """
+        cursor = self.cursor_after(steps)
+        if self.rank == 0 and cursor != saved:
+            raise ShardError(f"the checkpoint's data position ({saved}) is not where {steps} steps of "
+                             f"{self.batch_size} jets over {self.shards.folder} lead ({cursor}); resume with the "
+                             "shards and batch size the run started with")
+        return cursor
+
     def share(self, epoch: int) -> np.ndarray:
         """(n, 3) segments (shard, start, stop) of this rank's share of ``epoch``, in reading order."""
         blocks = epoch_order(self.shards.lengths, self.block_size, self.seed, epoch, self.shuffle)

@@ -1,9 +1,11 @@
-"""SIGTERM as a request to stop at the next step boundary (checkpoint, then exit), like Ctrl-C.
+"""SIGTERM and Ctrl-C as requests to stop at the next step boundary (checkpoint, then exit).
 
 Batch systems (Slurm, HTCondor, Kubernetes) send SIGTERM some time before they kill a job. Python's
-default is to die at once, losing everything since the last checkpoint. ``stop_requests`` installs
-a handler that only sets a flag; the training loop looks at it between steps, so the state it saves
-is never half-updated, then raises ``KeyboardInterrupt`` and takes the Ctrl-C path.
+default is to die at once, losing everything since the last checkpoint; and a Ctrl-C raised in the
+middle of a step (between the optimizer step and the step counter) would save a half-updated state
+that resumes one step off. ``stop_requests`` installs handlers that only set a flag; the training
+loop looks at it between steps, so the state it saves is never half-updated, then raises
+``KeyboardInterrupt`` and takes the interrupt path. A second Ctrl-C stops at once, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def stop_requests() -> Iterator[threading.Event]:
-    """Yield an event that SIGTERM sets while the block runs; the previous handler comes back after.
+    """Yield an event that SIGTERM or a first Ctrl-C sets while the block runs; the previous handlers come
+    back after. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
 
     Outside the main thread (where Python cannot install handlers) the event is never set.
     """
@@ -33,15 +36,20 @@ def stop_requests() -> Iterator[threading.Event]:
         return
 
     def handler(signum, frame):
-        log.warning("SIGTERM received: stopping after this step with a checkpoint")
+        if signum == signal.SIGINT and requested.is_set():
+            raise KeyboardInterrupt
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        log.warning("%s received: stopping after this step with a checkpoint%s", name,
+                    " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "")
         requested.set()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield requested
     finally:
-        if previous is not None:  # None: a handler installed from C, which Python cannot put back
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler_before in previous.items():
+            if handler_before is not None:  # None: a handler installed from C, which Python cannot put back
+                signal.signal(sig, handler_before)
 
 
 def any_rank(flag: bool, info: DistInfo) -> bool:

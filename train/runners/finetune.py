@@ -242,6 +242,7 @@ def _train(state: FinetuneState, run: Run, terminate, progress: bool) -> None:
     config, info = run.config, run.dist
     loader = training_loader(run.data.train_set, config.batch_size, config.block_size, config.seed, info.rank,
                              info.world_size, FINETUNE_FIELDS, info.device)
+    state.cursor = loader.resumed_cursor(state.step, state.cursor)  # each rank's own (a checkpoint holds rank 0's)
     saved_at, start = state.step, time.perf_counter()
     base_seconds = state.train_seconds
     state.model.train()

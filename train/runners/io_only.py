@@ -28,7 +28,7 @@ def io_only(config: PretrainConfig, n_steps: int | None = None, progress: bool =
         shards = load_shards(config.data, config.min_subjets, "training set", verify=config.verify_shards)
         loader = training_loader(shards, config.batch_size, config.block_size, config.seed, dist_info.rank,
                                  dist_info.world_size, PRETRAIN_FIELDS, dist_info.device)
-        steps = n_steps or total_steps(config, loader.jets_per_epoch())
+        steps = n_steps or total_steps(config, loader.largest_share())
         with loader.prefetch(depth=config.prefetch) as batches:
             start = time.perf_counter()
             for step, batch in enumerate(tqdm(batches, total=steps, disable=not progress, unit="batch")):

@@ -69,7 +69,8 @@ _VAL_RANK = 1 << 20
 
 
 def total_steps(config: PretrainConfig, jets_per_epoch: int) -> int:
-    """``config.steps``, or ``config.epochs`` passes over a rank's share converted to steps."""
+    """``config.steps``, or ``config.epochs`` passes over the largest rank share (``jets_per_epoch``, the same
+    on every rank) converted to steps."""
     if config.steps is not None:
         return config.steps
     return max(1, math.ceil(config.epochs * jets_per_epoch / config.batch_size))
@@ -181,7 +182,9 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
 
     loader = training_loader(shards, config.batch_size, config.block_size, config.seed, dist_info.rank,
                              dist_info.world_size, PRETRAIN_FIELDS, dist_info.device)
-    steps = total_steps(config, loader.jets_per_epoch())
+    steps = total_steps(config, loader.largest_share())
+    if checkpoint is not None:  # each rank's own position (the checkpoint holds rank 0's)
+        state.cursor = loader.resumed_cursor(state.step, state.cursor)
     if checkpoint is not None and state.step >= steps:
         return _finished(out, state.step, steps)
     run = _make_run(config, dist_info, out, shards, val_shards, steps, state,
