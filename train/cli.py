@@ -108,11 +108,11 @@ _P = PretrainConfig
 @main.command()
 @field_option(_P, "data", help="Shard folder to pretrain on.", type=SHARD_FOLDER)
 @field_option(_P, "val", help="Shard folder for the validation loss.", type=SHARD_FOLDER)
-@field_option(_P, "out", "--out", "-o", help="Run folder (checkpoints, log, config).", type=click.Path(file_okay=False))
+@field_option(_P, "out", "--out", "-o", help="Run folder (checkpoints, log, config); required.", type=click.Path(file_okay=False))
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="YAML file whose 'pretrain:' section sets defaults (e.g. params.yaml, configs/paper.yaml).")
 @field_option(_P, "preset", help="Model size; tiny trains in seconds on a CPU.", type=click.Choice(list(PRESETS)))
-@field_option(_P, "steps", help="Optimizer steps (or --epochs).", type=int)
+@field_option(_P, "steps", help="Optimizer steps; give this or --epochs.", type=int)
 @field_option(_P, "epochs", help="Passes over --data, converted to steps.", type=float)
 @field_option(_P, "batch_size", help="Jets per step and per process.", type=int)
 @field_option(_P, "lr", help="Peak learning rate.", type=float)
@@ -218,8 +218,9 @@ def _finetune_layers(config_file, overrides, **cli) -> list[dict]:
 @field_option(_F, "mode", type=click.Choice(MODES),
               help="finetune (all weights), freeze (linear probe), scratch (random init) or part (the Particle "
                    "Transformer from weaver-core, from scratch: the supervised reference; size with --set part.*).")
-@field_option(_F, "label_fraction", help="Share of the training jets used (stratified).", type=float)
-@field_option(_F, "n_labels", help="Number of training jets used (stratified).", type=int)
+@field_option(_F, "label_fraction", help="Share of the training jets used (stratified); without it or --n-labels, all.",
+              type=float)
+@field_option(_F, "n_labels", help="Number of training jets used (stratified, exact).", type=int)
 @field_option(_F, "seed", help="Seeds the label subset, the head and the order.", type=int)
 @field_option(_F, "compile", "--compile/--no-compile", help="torch.compile the classifier.")
 @field_option(_F, "stop_after", help="Stop (with checkpoints/last.pt) after this step; continue with --resume.",

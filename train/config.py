@@ -209,7 +209,7 @@ class PretrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if (self.steps is None) == (self.epochs is None):
-            raise ConfigError("set exactly one of steps and epochs")
+            raise ConfigError("set exactly one of steps and epochs (--steps N or --epochs E)")
         positive = ("batch_size", "block_size", "prefetch", "log_every", "checkpoint_every")
         for name in positive + (("steps",) if self.steps is not None else ("epochs",)):
             if not getattr(self, name) > 0:
@@ -576,9 +576,10 @@ class FinetuneConfig:
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, not {value!r}")
         if self.label_fraction is not None and self.n_labels is not None:
-            raise ConfigError("set at most one of label_fraction and n_labels")
+            raise ConfigError("set at most one of label_fraction and n_labels (--label-fraction or --n-labels)")
         if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"label_fraction must be in (0, 1], not {self.label_fraction}")
+            raise ConfigError(f"label_fraction must be in (0, 1], not {self.label_fraction} (a share of the training jets; "
+                              "for a number of jets use --n-labels)")
         if self.min_subjets < 0:
             raise ConfigError(f"min_subjets must be 0 (keep every jet) or positive, not {self.min_subjets}")
         if self.n_labels is not None and self.n_labels < 1:
