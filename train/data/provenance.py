@@ -61,6 +61,13 @@ def check_same_clustering(cluster: dict, folder: str | Path, manifest: Manifest,
                              f"recluster with `jjepa-preprocess cluster --{key} {cluster[key]}`")
 
 
+def check_encoder_clustering(state: dict, checkpoint: str | Path, folder: str | Path, manifest: Manifest) -> None:
+    """``check_same_clustering`` against what the pretraining checkpoint ``state`` was trained on (checkpoints
+    written before fingerprints record nothing to compare)."""
+    if state.get("data"):
+        check_same_clustering(state["data"]["cluster"], folder, manifest, f"the encoder {checkpoint} was pretrained on")
+
+
 def _sources(manifest: Manifest) -> list[tuple[str, str, int, int]]:
     """Per shard: (its file, the input's key, first entry, entry after the last) of the jets it holds."""
     plan = manifest.plan or {}

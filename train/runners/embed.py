@@ -22,7 +22,7 @@ from jjepa.common.atomic import atomic_path
 from jjepa.common.version import jjepa_version
 from jjepa.train.config import config_from_dict
 from jjepa.train.data.loader import FINETUNE_FIELDS, ShardSet, evaluation_batches
-from jjepa.train.data.provenance import check_same_clustering
+from jjepa.train.data.provenance import check_encoder_clustering
 from jjepa.train.mechanics.checkpoint import load_checkpoint
 from jjepa.train.mechanics.distributed import resolve_device
 from jjepa.train.model.classifier import encoder_state
@@ -51,9 +51,7 @@ def embed(data: str | os.PathLike, checkpoint: str | os.PathLike, out: str | os.
     state = load_checkpoint(checkpoint, kind="pretrain")
     saved = config_from_dict(state["config"])
     shards = ShardSet(data)
-    if state.get("data"):
-        check_same_clustering(state["data"]["cluster"], shards.folder, shards.manifest,
-                              f"the encoder {checkpoint} was pretrained on")
+    check_encoder_clustering(state, checkpoint, shards.folder, shards.manifest)
     model = SubjetTransformer(shards.bind(saved.model))
     model.load_state_dict(encoder_state(state, encoder))
     model.to(torch_device).eval()

@@ -12,7 +12,7 @@ from jjepa.common.errors import JJepaError, ShardError
 from jjepa.train.config import PRESETS, FinetuneConfig, ModelConfig, config_from_dict
 from jjepa.train.data.loader import ShardSet
 from jjepa.train.data.part_inputs import PartFeatures
-from jjepa.train.data.provenance import check_disjoint, check_same_clustering, fingerprint
+from jjepa.train.data.provenance import check_disjoint, check_encoder_clustering, fingerprint
 from jjepa.train.data.subsets import stratified_subset
 from jjepa.train.data.transform import InputTransform
 from jjepa.train.mechanics.checkpoint import load_checkpoint
@@ -56,9 +56,8 @@ def prepare(config: FinetuneConfig, device: torch.device) -> Prepared:
         log.info("mode part trains the Particle Transformer from scratch; %s is not used", config.checkpoint)
     pretrained = (load_checkpoint(config.checkpoint, kind="pretrain") if config.checkpoint and config.mode != "part"
                   else None)
-    if pretrained is not None and pretrained.get("data"):
-        check_same_clustering(pretrained["data"]["cluster"], train_set.folder, train_set.manifest,
-                              f"the encoder {config.checkpoint} was pretrained on")
+    if pretrained is not None:
+        check_encoder_clustering(pretrained, config.checkpoint, train_set.folder, train_set.manifest)
     model_config, transform = architecture(config, pretrained, train_set)
     train_set, val_set, test_set = (s.with_min_subjets(config.min_subjets) for s in (train_set, val_set, test_set))
     kept = {"n_train_jets": train_set.n_jets, "n_val_jets": val_set.n_jets, "n_test_jets": test_set.n_jets}

@@ -146,6 +146,7 @@ class Run:
     steps: int  # the run's length: the schedules run over it
     stop: int  # where this call stops (``stop_after``)
     warmup: int
+    jets: dict  # the training shards' fingerprint (``provenance.fingerprint``), stored in every checkpoint
     train_model: nn.Module  # the JEPA as trained: DDP- and/or compile-wrapped
     target_encoder: nn.Module  # the target encoder as run forward: compiled or plain
     train_log: RunLog | None  # rank 0 only
@@ -165,12 +166,13 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
     if val_shards is not None:
         shards.check_like(val_shards, "--val")
         check_disjoint({"--data": (shards.folder, shards.manifest), "--val": (val_shards.folder, val_shards.manifest)})
+    jets = fingerprint(shards.folder, shards.manifest)
 
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(last, kind="pretrain")
         check_resumable(config, config_from_dict(checkpoint["config"]))
-        check_same_jets(checkpoint.get("data"), fingerprint(shards.folder, shards.manifest), "training", last)
+        check_same_jets(checkpoint.get("data"), jets, "training", last)
         check_world_size(int(checkpoint["world_size"]), dist_info, last)
     elif last.exists():
         raise JJepaError(f"{out} already holds a run ({last}); pass --resume to continue it, or choose another --out")
@@ -187,7 +189,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
         state.cursor = loader.resumed_cursor(state.step, state.cursor)
     if checkpoint is not None and state.step >= steps:
         return _finished(out, state.step, steps)
-    run = _make_run(config, dist_info, out, shards, val_shards, steps, state,
+    run = _make_run(config, dist_info, out, shards, val_shards, jets, steps, state,
                     resumed_at=state.step if checkpoint is not None else None)
     try:
         row = _train(state, run, loader, progress)
@@ -208,7 +210,7 @@ def _pretrain(config: PretrainConfig, dist_info: DistInfo, resume: bool, progres
 
 
 def _make_run(config: PretrainConfig, dist_info: DistInfo, out: Path, shards: ShardSet, val_shards: ShardSet | None,
-              steps: int, state: RunState, resumed_at: int | None) -> Run:
+              jets: dict, steps: int, state: RunState, resumed_at: int | None) -> Run:
     """The run's step counts and wrapped models; rank 0 writes config.yaml and opens train_log.csv (on
     resume keeping the rows up to ``resumed_at``)."""
     train_log = None
@@ -227,7 +229,7 @@ def _make_run(config: PretrainConfig, dist_info: DistInfo, out: Path, shards: Sh
         # dynamic: the packed sequence lengths change from batch to batch; one graph serves them all
         # (static graphs would recompile for every new length early in the run).
         model, target_encoder = torch.compile(model, dynamic=True), torch.compile(target_encoder, dynamic=True)
-    return Run(config=config, dist=dist_info, out=out, shards=shards, val_shards=val_shards, steps=steps,
+    return Run(config=config, dist=dist_info, out=out, shards=shards, val_shards=val_shards, jets=jets, steps=steps,
                stop=min(steps, config.stop_after) if config.stop_after is not None else steps,
                warmup=int(config.warmup_fraction * steps), train_model=model, target_encoder=target_encoder,
                train_log=train_log)
@@ -309,8 +311,7 @@ def _save(state: RunState, run: Run) -> None:
     if run.dist.is_main:
         if not (math.isfinite(state.interval.total()) and _finite_weights(state)):
             raise _diverged(run.config, state.step, run.last)
-        save_checkpoint(run.last, checkpoint_dict(state, run.config, run.dist.world_size,
-                                                  fingerprint(run.shards.folder, run.shards.manifest)))
+        save_checkpoint(run.last, checkpoint_dict(state, run.config, run.dist.world_size, run.jets))
         keep_step_copy(run.last, state.step, run.config.keep_checkpoints)
 
 
